@@ -1,0 +1,244 @@
+"""Run profiles, device choice, seeding and run metadata.
+
+Every notebook starts with a papermill ``parameters`` cell (``profile = None``, ``device = None``,
+``seed = 0``) and then calls :func:`setup`, which resolves the values in this order:
+
+1. the value given explicitly (the notebook's parameters cell, or ``mtml run --profile``);
+2. the environment variables ``MTML_PROFILE`` / ``MTML_DEVICE``;
+3. auto: ``full`` on a GPU, ``quick`` on a CPU.
+
+A profile is a frozen dataclass of settings, one class per notebook, defined in
+``mtml_lib.profiles.<module>``; ``smoke`` runs in seconds (tests), ``quick`` gives meaningful results on a
+laptop CPU in minutes, ``full`` gives the paper settings.
+
+Where generated files go: ``figures/`` and ``results/`` under the output root, which is ``MTML_OUT``
+when set (tests and ``mtml run --out`` use it) and otherwise the repository that holds this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import importlib
+import os
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "full")
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A bad profile, device, notebook or path: the message names the value and the valid choices."""
+
+
+def _choices(values) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+# --------------------------------------------------------------------------------------------- paths
+def repo_root() -> Path:
+    """The project checkout holding this package (falls back to the working directory when installed)."""
+    candidate = PACKAGE_DIR.parent
+    if (candidate / "pyproject.toml").is_file() and (candidate / "notebooks").is_dir():
+        return candidate
+    return Path.cwd()
+
+
+def output_root() -> Path:
+    """Root under which ``figures/`` and ``results/`` are written (``MTML_OUT`` overrides)."""
+    env = os.environ.get("MTML_OUT")
+    return Path(env).expanduser().resolve() if env else repo_root()
+
+
+def figures_dir() -> Path:
+    return output_root() / "figures"
+
+
+def results_dir() -> Path:
+    return output_root() / "results"
+
+
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+# ------------------------------------------------------------------------------------------ profiles
+def resolve_profile(profile: str | None = None, device: str | torch.device | None = None) -> str:
+    """Resolve a profile name: explicit > ``MTML_PROFILE`` > auto (``full`` on GPU, ``quick`` on CPU)."""
+    source = "argument"
+    if profile is None:
+        profile = os.environ.get("MTML_PROFILE") or None
+        source = "MTML_PROFILE"
+    if profile is None:
+        dev = resolve_device(device)
+        return "full" if dev.type == "cuda" else "quick"
+    if profile not in PROFILE_NAMES:
+        raise ConfigError(f"unknown profile {profile!r} (from {source}); valid profiles: {_choices(PROFILE_NAMES)}")
+    return profile
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Resolve a device: explicit > ``MTML_DEVICE`` > auto (CUDA when available, else CPU).
+
+    Raises :class:`ConfigError` for an unknown name or for a GPU that this machine does not have.
+    """
+    source = "argument"
+    if device is None:
+        device = os.environ.get("MTML_DEVICE") or None
+        source = "MTML_DEVICE"
+    if isinstance(device, torch.device):
+        name = str(device)
+    else:
+        name = "auto" if device is None else str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = name.split(":", 1)[0]
+    if kind not in DEVICE_CHOICES:
+        raise ConfigError(f"unknown device {name!r} (from {source}); valid devices: {_choices(DEVICE_CHOICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {name!r} (from {source}) was requested but this machine has no CUDA GPU "
+            f"visible to torch {torch.__version__}; use 'cpu' or 'auto'"
+        )
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {name!r} (from {source}) was requested but MPS is not available; use 'cpu' or 'auto'")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"invalid device {name!r}: {err}") from None
+
+
+def load_profile(notebook: str, profile: str) -> Any:
+    """The frozen settings dataclass of ``notebook`` under ``profile``."""
+    from mtml_lib.profiles import NOTEBOOK_PROFILES
+
+    if notebook not in NOTEBOOK_PROFILES:
+        raise ConfigError(f"unknown notebook {notebook!r}; valid notebooks: {_choices(NOTEBOOK_PROFILES)}")
+    if profile not in PROFILE_NAMES:
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {_choices(PROFILE_NAMES)}")
+    module = importlib.import_module(f"mtml_lib.profiles.{NOTEBOOK_PROFILES[notebook]}")
+    return module.PROFILES[profile]
+
+
+# ------------------------------------------------------------------------------------------- seeding
+def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and torch; with ``deterministic`` ask torch for deterministic kernels.
+
+    Returns a fresh ``torch.Generator`` seeded with ``seed`` for code that wants an explicit stream.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+# ------------------------------------------------------------------------------------------ metadata
+def git_commit() -> str:
+    """The checkout's commit (with ``-dirty`` when it has local changes), or ``"unknown"``."""
+    root = repo_root()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else (sha or "unknown")
+
+
+@dataclasses.dataclass
+class Run:
+    """One notebook run: what was asked for, what was resolved, and when it started."""
+
+    notebook: str
+    profile: str
+    settings: Any
+    device: torch.device
+    seed: int
+    started_at: str
+    _t0: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
+    commit: str = dataclasses.field(default_factory=git_commit)
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds since :func:`setup`."""
+        return time.perf_counter() - self._t0
+
+    def metadata(self) -> dict[str, Any]:
+        """Provenance recorded next to every figure and result."""
+        return {
+            "notebook": self.notebook,
+            "profile": self.profile,
+            "seed": self.seed,
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "git_commit": self.commit,
+            "started_at": self.started_at,
+            "wall_time_s": round(self.wall_time, 3),
+        }
+
+    def describe(self) -> str:
+        lines = [f"mtml run: notebook={self.notebook} profile={self.profile} device={self.device} seed={self.seed}"]
+        if dataclasses.is_dataclass(self.settings):
+            for field in dataclasses.fields(self.settings):
+                lines.append(f"  {field.name} = {getattr(self.settings, field.name)!r}")
+        return "\n".join(lines)
+
+
+_CURRENT: Run | None = None
+
+
+def current_run() -> Run | None:
+    """The run started by the latest :func:`setup` in this process, if any."""
+    return _CURRENT
+
+
+def setup(
+    notebook: str,
+    profile: str | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> Run:
+    """Resolve profile and device, seed everything, and start the run that figures and results cite."""
+    global _CURRENT
+    dev = resolve_device(device)
+    name = resolve_profile(profile, dev)
+    settings = load_profile(notebook, name)
+    seed_everything(seed)
+    run = Run(
+        notebook=notebook,
+        profile=name,
+        settings=settings,
+        device=dev,
+        seed=int(seed),
+        started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    _CURRENT = run
+    if verbose:
+        print(run.describe())
+    return run

@@ -1,0 +1,1 @@
+"""Multi-task learning: loss weighting / gradient combination strategies and the trainer."""
