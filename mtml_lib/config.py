@@ -72,6 +72,12 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
+def cache_dir() -> Path:
+    """Where generated data sets are cached (``MTML_CACHE`` overrides; default ``<repo>/.cache``)."""
+    env = os.environ.get("MTML_CACHE")
+    return Path(env).expanduser().resolve() if env else repo_root() / ".cache"
+
+
 # ------------------------------------------------------------------------------------------ profiles
 def resolve_profile(profile: str | None = None, device: str | torch.device | None = None) -> str:
     """Resolve a profile name: explicit > ``MTML_PROFILE`` > auto (``full`` on GPU, ``quick`` on CPU)."""
