@@ -1,4 +1,8 @@
-"""Metrics per notebook as JSON with provenance: ``results/<notebook>.json``."""
+"""Metrics per notebook as JSON with provenance: ``results/<profile>/<notebook>.json``.
+
+One file per notebook and profile, so the quick numbers of ``make reproduce`` and the paper numbers of
+the full profile stand side by side and every number names the profile it came from.
+"""
 
 from __future__ import annotations
 
@@ -33,10 +37,10 @@ def _plain(value: Any, where: str) -> Any:
 
 
 def record(notebook: str | None, metrics: dict[str, Any]) -> Path:
-    """Write ``metrics`` to ``results/<notebook>.json`` with the current run's provenance.
+    """Write ``metrics`` to ``results/<profile>/<notebook>.json`` with the current run's provenance.
 
-    ``notebook`` defaults to the current run's. The file is replaced as a whole, so it always holds
-    the numbers of one run.
+    ``notebook`` defaults to the current run's; the profile is the current run's (``"interactive"``
+    without one). The file is replaced as a whole, so it always holds the numbers of one run.
     """
     run = config.current_run()
     notebook = notebook or (run.notebook if run is not None else None)
@@ -49,16 +53,16 @@ def record(notebook: str | None, metrics: dict[str, Any]) -> Path:
         "provenance": run.metadata() if run is not None else {},
         "metrics": _plain(metrics, "metrics"),
     }
-    directory = config.results_dir()
+    directory = config.results_dir() / (run.profile if run is not None else "interactive")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{notebook}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def load(notebook: str, directory: Path | None = None) -> dict[str, Any]:
-    """Read ``results/<notebook>.json`` (as written by :func:`record`)."""
-    directory = Path(directory) if directory is not None else config.results_dir()
+def load(notebook: str, profile: str, directory: Path | None = None) -> dict[str, Any]:
+    """Read ``results/<profile>/<notebook>.json`` (as written by :func:`record`)."""
+    directory = (Path(directory) if directory is not None else config.results_dir()) / profile
     path = directory / f"{notebook}.json"
     if not path.is_file():
         available = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
