@@ -118,3 +118,37 @@ def write_gallery(directory: Path | None = None) -> Path:
 
 
 set_theme()
+
+
+def multitask_diagram(n_tasks: int = 3) -> "matplotlib.figure.Figure":
+    """A schematic of the multi-task model: inputs X_i -> shared θ -> heads θ_i -> losses L_i."""
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.9 * n_tasks))
+    ax.set_axis_off()
+    height = n_tasks
+    ys = [height - 0.5 - i for i in range(n_tasks)]
+
+    def box(x, y, w, h, text, color):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05",
+                                    facecolor=color, edgecolor="0.2", alpha=0.9))
+        ax.text(x, y, text, ha="center", va="center", fontsize=11)
+
+    def arrow(x0, y0, x1, y1):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=12, color="0.3"))
+
+    box(4.0, height / 2, 1.6, max(1.0, height - 0.4), "shared\n$\\theta$", PALETTE[0])
+    for i, y in enumerate(ys, 1):
+        box(1.0, y, 1.1, 0.6, f"$X_{i}$", "0.92")
+        arrow(1.6, y, 3.15, height / 2 + (y - height / 2) * 0.6)
+        box(6.6, y, 1.2, 0.6, f"head $\\theta_{i}$", PALETTE[1])
+        arrow(4.85, height / 2 + (y - height / 2) * 0.6, 5.95, y)
+        box(8.9, y, 2.2, 0.6, f"$L_{i}(f(\\theta,\\theta_{i},X_{i}), Y_{i})$", PALETTE[2])
+        arrow(7.25, y, 7.75, y)
+    ax.text(5.0, -0.35, r"$\min_{\theta,\theta_1,\dots,\theta_T}\ \sum_i w_i\,L_i(f(\theta,\theta_i,X_i),Y_i)$",
+            ha="center", va="center", fontsize=12)
+    ax.set_xlim(0.2, 10.2)
+    ax.set_ylim(-0.7, height + 0.1)
+    return fig

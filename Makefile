@@ -1,0 +1,47 @@
+# The two commands a new user needs: `make reproduce` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mtml-installed
+# extra arguments for `mtml run`, e.g. make reproduce RUN_ARGS="--profile full"
+RUN_ARGS ?=
+
+.PHONY: help env reproduce test lab figures notebooks bench clean
+
+help:
+	@echo "make reproduce   create .venv if needed, run every notebook (auto profile), regenerate figures/ and results/"
+	@echo "make test        create .venv if needed, run unit + CLI tests and nbval over the notebooks (smoke profile)"
+	@echo "make lab         open JupyterLab on notebooks/ with the project's kernel"
+	@echo "make figures     rebuild the gallery figures/README.md"
+	@echo "make notebooks   rerun every notebook under the quick profile and store its outputs in notebooks/"
+	@echo "make bench       run the benchmarks (installs the benchmark-only dependency)"
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -e .
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/mtml run $(RUN_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=900 tests notebooks
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+figures: $(STAMP)
+	$(BIN)/mtml figures
+
+notebooks: $(STAMP)
+	$(BIN)/mtml run --profile quick --store
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -r requirements-bench.txt
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache

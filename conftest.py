@@ -1,0 +1,11 @@
+"""Test-session settings: the smoke profile, and outputs in a scratch folder rather than the repository.
+
+nbval starts each notebook's kernel with this environment, so `pytest --nbval-lax notebooks` runs the
+notebooks under the smoke profile without touching the committed figures/ and results/.
+"""
+
+import os
+import tempfile
+
+os.environ["MTML_PROFILE"] = "smoke"
+os.environ["MTML_OUT"] = tempfile.mkdtemp(prefix="mtml-test-out-")

@@ -1,0 +1,87 @@
+"""The ``mtml`` command: run the notebooks, list them, regenerate the figure gallery.
+
+    mtml run [NOTEBOOK ...] [--profile smoke|quick|full] [--device auto|cpu|cuda|mps] [--seed N]
+             [--out DIR] [--fail-fast] [--store]
+    mtml list
+    mtml figures [--out DIR]
+
+Exit codes: 0 success, 1 a notebook failed, 2 bad usage (unknown profile, device or notebook).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mtml_lib import __version__, config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtml",
+        description="Multi-task learning, meta-learning and transfer: run the notebooks and regenerate figures and results.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtml {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="execute notebooks through papermill (default: all, in order)",
+                         description="Execute notebooks in order through papermill; executed copies go to OUT/build, "
+                                     "figures to OUT/figures, metrics to OUT/results/<profile>/.")
+    run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                     help="notebook names (e.g. 01_math_model, or just 01); default: all")
+    run.add_argument("--profile", choices=config.PROFILE_NAMES, default=None,
+                     help="run profile (default: MTML_PROFILE, else full on a GPU and quick on a CPU)")
+    run.add_argument("--device", default=None, metavar="{auto,cpu,cuda,mps}",
+                     help="device (default: MTML_DEVICE, else auto)")
+    run.add_argument("--seed", type=int, default=0, help="random seed injected into every notebook (default 0)")
+    run.add_argument("--out", type=Path, default=None,
+                     help="output root for build/, figures/ and results/ (default: MTML_OUT, else the repository)")
+    run.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
+    run.add_argument("--store", action="store_true",
+                     help="write successful runs back into notebooks/ (outputs kept, papermill metadata stripped)")
+    run.add_argument("--no-progress", action="store_true", help="hide the per-cell progress bar")
+
+    sub.add_parser("list", help="list the notebooks in order with a one-line description",
+                   description="List the notebooks in reading order.")
+
+    figures = sub.add_parser("figures", help="regenerate the figure gallery figures/README.md",
+                             description="Regenerate figures/README.md from figures/index.json.")
+    figures.add_argument("--out", type=Path, default=None, help="output root holding figures/ (default: the repository)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from mtml_lib import pipeline
+
+    try:
+        if args.command == "list":
+            for path in pipeline.discover():
+                print(f"{path.stem:<30} {pipeline.describe(path)}")
+            return 0
+        if args.command == "figures":
+            root = args.out.expanduser().resolve() if args.out else config.output_root()
+            from mtml_lib.plotting import write_gallery
+
+            print(f"gallery written: {write_gallery(root / 'figures')}")
+            return 0
+        results = pipeline.run_notebooks(
+            args.notebooks, profile=args.profile, device=args.device, seed=args.seed, out=args.out,
+            fail_fast=args.fail_fast, store=args.store, progress=not args.no_progress,
+        )
+    except config.ConfigError as err:
+        parser.exit(2, f"mtml: error: {err}\n")
+    print()
+    print(pipeline.summary_table(results))
+    failed = [r for r in results if r.status != "ok"]
+    if failed:
+        print(f"\n{len(failed)} of {len(results)} notebook(s) failed; executed copies with the errors are in "
+              f"{failed[0].output.parent}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Run the ordered notebooks through papermill: the machinery behind ``mtml run`` and ``make reproduce``.
+
+For each notebook, in order: inject ``profile``, ``device`` and ``seed`` into its ``parameters`` cell,
+execute it with the ``python3`` kernel of the current environment (cwd ``notebooks/``), write the executed
+copy to ``<out>/build/``, and let the notebook write ``<out>/figures/`` and ``<out>/results/`` (``MTML_OUT``
+is set for its kernel). A failing notebook is reported with its cell and error, its executed copy (with
+the error) is kept, and the remaining notebooks still run unless ``fail_fast``. At the end the figure
+gallery is regenerated. ``store=True`` writes a successful run back over ``notebooks/<name>.ipynb`` with
+papermill's metadata stripped, so the committed notebooks carry the outputs of a real run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from mtml_lib import config
+
+KERNEL_NAME = "python3"
+
+
+class NotebookNotFound(config.ConfigError):
+    """An unknown notebook name; the message lists the valid names."""
+
+
+@dataclass
+class NotebookResult:
+    """What happened to one notebook in a run."""
+
+    name: str
+    profile: str
+    device: str
+    status: str  # "ok" or "failed"
+    wall_time: float
+    output: Path
+    error: str | None = None
+    cell: int | None = None  # position of the failing cell in the source notebook (1-based), when known
+    cell_source: str | None = None  # first line of the failing cell
+
+    @property
+    def where(self) -> str:
+        if self.cell is None:
+            return ""
+        return f"cell {self.cell} `{self.cell_source}`" if self.cell_source else f"cell {self.cell}"
+
+
+def discover(directory: Path | None = None) -> list[Path]:
+    """The ordered notebooks: ``NN_name.ipynb`` directly in ``notebooks/``, sorted by name."""
+    directory = Path(directory) if directory is not None else config.notebooks_dir()
+    return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb") if p.is_file())
+
+
+def describe(path: Path) -> str:
+    """One line about a notebook: the first heading of its first markdown cell."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                text = line.strip().lstrip("#").strip()
+                if text:
+                    return text
+    return ""
+
+
+def resolve(names: list[str] | None, directory: Path | None = None) -> list[Path]:
+    """Map names (``01_math_model``, ``01_math_model.ipynb``, ``01`` or a path) to notebook paths, in order."""
+    available = discover(directory)
+    if not names:
+        return available
+    by_stem = {p.stem: p for p in available}
+    chosen: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if path.suffix == ".ipynb" and path.is_file():
+            match = path.resolve()
+        else:
+            stem = path.name[: -len(".ipynb")] if path.name.endswith(".ipynb") else path.name
+            match = by_stem.get(stem)
+            if match is None:
+                prefixed = [p for s, p in by_stem.items() if s.split("_", 1)[0] == stem]
+                match = prefixed[0] if len(prefixed) == 1 else None
+        if match is None:
+            raise NotebookNotFound(f"unknown notebook {name!r}; valid notebooks: {', '.join(by_stem) or '(none found)'}")
+        if match not in chosen:
+            chosen.append(match)
+    return chosen
+
+
+def strip_run_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove papermill's injected-parameters cell and its run and timing metadata (in place)."""
+    nb.metadata.pop("papermill", None)
+    kept = []
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            continue
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        kept.append(cell)
+    nb.cells = kept
+    return nb
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _execute(path: Path, output: Path, parameters: dict, progress: bool) -> None:
+    import papermill as pm
+
+    pm.execute_notebook(
+        str(path),
+        str(output),
+        parameters=parameters,
+        kernel_name=KERNEL_NAME,
+        cwd=str(path.parent),
+        progress_bar=progress,
+        request_save_on_cell_execute=True,
+    )
+
+
+def _failure(err: Exception, output: Path) -> tuple[str, int | None, str | None]:
+    """The error line, and the failing cell's 1-based position in the *source* notebook with its first line.
+
+    papermill counts cells in the executed copy, which holds one injected-parameters cell more.
+    """
+    from papermill.exceptions import PapermillExecutionError
+
+    if not isinstance(err, PapermillExecutionError):
+        return f"{type(err).__name__}: {err}", None, None
+    index = err.cell_index
+    try:
+        cells = nbformat.read(output, as_version=4).cells
+        injected = sum(1 for c in cells[:index] if "injected-parameters" in c.metadata.get("tags", []))
+    except (OSError, ValueError):
+        injected = 0
+    first_line = next((line.strip() for line in (err.source or "").splitlines() if line.strip()), None)
+    if first_line and len(first_line) > 60:
+        first_line = first_line[:57] + "..."
+    return f"{err.ename}: {err.evalue}", index - injected + 1, first_line
+
+
+def run_notebooks(
+    names: list[str] | None = None,
+    profile: str | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    out: Path | str | None = None,
+    fail_fast: bool = False,
+    store: bool = False,
+    progress: bool = True,
+    log=print,
+) -> list[NotebookResult]:
+    """Execute notebooks in order; return one :class:`NotebookResult` each (see module docstring).
+
+    Profile and device are resolved here, before any notebook starts, so a bad value fails at once.
+    """
+    dev = config.resolve_device(device)
+    prof = config.resolve_profile(profile, dev)
+    paths = resolve(names)
+    if not paths:
+        raise NotebookNotFound(f"no notebooks found in {config.notebooks_dir()}")
+    root = Path(out).expanduser().resolve() if out is not None else config.output_root()
+    build = root / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    if not python_kernel_ok():
+        log(f"warning: the Jupyter kernel {KERNEL_NAME!r} does not belong to {sys.executable}; notebooks may run "
+            "in another environment (remove the other 'python3' kernel spec, see `jupyter kernelspec list`)")
+    results: list[NotebookResult] = []
+    with _environment(MTML_OUT=str(root)):
+        for i, path in enumerate(paths, 1):
+            name = path.stem
+            output = build / path.name
+            log(f"[{i}/{len(paths)}] {name}: profile={prof} device={dev} seed={seed} -> {output}")
+            t0 = time.perf_counter()
+            try:
+                _execute(path, output, {"profile": prof, "device": str(dev), "seed": int(seed)}, progress)
+            except Exception as err:  # noqa: BLE001 - any failure is reported, then the next notebook runs
+                message, cell, source = _failure(err, output)
+                result = NotebookResult(name, prof, str(dev), "failed", time.perf_counter() - t0, output, message, cell, source)
+                results.append(result)
+                where = f" at {result.where}" if result.where else ""
+                log(f"[{i}/{len(paths)}] {name}: FAILED{where}: {message} (executed copy kept: {output})")
+                if fail_fast:
+                    break
+                continue
+            results.append(NotebookResult(name, prof, str(dev), "ok", time.perf_counter() - t0, output))
+            if store:
+                nb = strip_run_metadata(nbformat.read(output, as_version=4))
+                nbformat.write(nb, path)
+                log(f"[{i}/{len(paths)}] {name}: outputs stored in {path}")
+        from mtml_lib.plotting import write_gallery
+
+        gallery = write_gallery(root / "figures")
+    log(f"figure gallery: {gallery}")
+    return results
+
+
+def summary_table(results: list[NotebookResult]) -> str:
+    """A plain-text table: notebook, profile, device, wall time, status (and the error of failures)."""
+    header = ("notebook", "profile", "device", "wall time", "status")
+    rows = [
+        (r.name, r.profile, r.device, f"{r.wall_time:.1f} s",
+         "ok" if r.status == "ok" else f"FAILED at {r.where}: {r.error}" if r.where else f"FAILED: {r.error}")
+        for r in results
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)
+
+
+def python_kernel_ok() -> bool:
+    """Whether the ``python3`` kernel resolves to this interpreter's environment (as ``make`` sets up)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    exe = spec.argv[0]
+    return exe in ("python", "python3", "{python}") or Path(exe).resolve().parent == Path(sys.executable).resolve().parent

@@ -1,0 +1,122 @@
+"""The `mtml` command: usage errors, notebook failures reported with their cell, --store, list, figures."""
+
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+import torch
+
+from mtml_lib import cli, pipeline
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem} title line")]
+    nb.cells.append(nbformat.v4.new_code_cell("profile = None\ndevice = None\nseed = 0", metadata={"tags": ["parameters"]}))
+    nb.cells += [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def books(tmp_path):
+    good = _notebook(
+        tmp_path / "01_good.ipynb",
+        "import matplotlib.pyplot as plt\nfrom mtml_lib import config, plotting\n"
+        "run = config.setup('00_overview', profile, device, seed, verbose=False)",
+        "fig = plt.figure(); plotting.save_figure(fig, 'good_fig', caption='Made by a test.')\n"
+        "print('profile', run.profile, 'seed', run.seed)",
+    )
+    broken = _notebook(tmp_path / "02_broken.ipynb", "x = 1", "raise ValueError('deliberately broken')", "y = 2")
+    last = _notebook(tmp_path / "03_last.ipynb", "print('last ran')")
+    return good, broken, last
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_failing_notebook_is_reported_with_cell_and_others_still_run(books, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, text = _run(["run", *map(str, books), "--profile", "smoke", "--seed", "5", "--out", str(out), "--no-progress"], capsys)
+    assert code == 1
+    assert "02_broken" in text and "FAILED at cell 4 `raise ValueError('deliberately broken')`: ValueError: deliberately broken" in text
+    assert (out / "build" / "03_last.ipynb").is_file()
+    executed = nbformat.read(out / "build" / "03_last.ipynb", as_version=4)
+    assert "last ran" in json.dumps(executed.cells[-1].outputs)
+    broken = nbformat.read(out / "build" / "02_broken.ipynb", as_version=4)
+    assert any(o.get("output_type") == "error" for c in broken.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    # the good notebook wrote its figure under --out, with the injected parameters in its provenance
+    index = json.loads((out / "figures" / "index.json").read_text())
+    assert index["good_fig"]["provenance"]["profile"] == "smoke" and index["good_fig"]["provenance"]["seed"] == 5
+    assert "good_fig" in (out / "figures" / "README.md").read_text()
+
+
+def test_fail_fast_stops_at_first_failure(books, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, text = _run(["run", *map(str, books[1:]), "--profile", "smoke", "--out", str(out), "--fail-fast", "--no-progress"], capsys)
+    assert code == 1 and "FAILED" in text
+    assert not (out / "build" / "03_last.ipynb").exists()
+
+
+def test_store_writes_outputs_back_without_papermill_metadata(books, tmp_path, capsys):
+    good = books[0]
+    code, _ = _run(["run", str(good), "--profile", "smoke", "--out", str(tmp_path / "out"), "--store", "--no-progress"], capsys)
+    assert code == 0
+    nb = nbformat.read(good, as_version=4)
+    assert "papermill" not in nb.metadata
+    assert all("injected-parameters" not in c.metadata.get("tags", []) for c in nb.cells)
+    assert all("papermill" not in c.metadata and "execution" not in c.metadata for c in nb.cells)
+    assert "profile smoke seed 0" in json.dumps(nb.cells[-1].outputs)
+    assert nb.cells[1].source == "profile = None\ndevice = None\nseed = 0"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--profile", "medium"], "invalid choice: 'medium'"),
+        (["run", "--device", "tpu"], "unknown device 'tpu'"),
+        (["run", "99_nothing", "--profile", "smoke"], "unknown notebook '99_nothing'; valid notebooks: 00_overview"),
+    ],
+)
+def test_usage_errors_exit_2_with_choices(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_cpu_machine_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "00_overview", "--device", "cuda"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "Traceback" not in err
+
+
+def test_list_shows_notebooks_in_order(capsys):
+    code, text = _run(["list"], capsys)
+    names = [line.split()[0] for line in text.splitlines() if line.strip()]
+    assert code == 0 and names == sorted(names) and names[0] == "00_overview"
+    assert "Overview" in text
+
+
+def test_resolve_accepts_prefix_and_suffix():
+    assert pipeline.resolve(["00"])[0].name == "00_overview.ipynb"
+    assert pipeline.resolve(["00_overview.ipynb"])[0].name == "00_overview.ipynb"
+
+
+def test_figures_command_writes_gallery(tmp_path, capsys):
+    code, text = _run(["figures", "--out", str(tmp_path)], capsys)
+    assert code == 0 and (tmp_path / "figures" / "README.md").is_file() and "No figures yet" in (tmp_path / "figures" / "README.md").read_text()
+
+
+def test_module_entry_point_help():
+    done = subprocess.run([sys.executable, "-m", "mtml_lib", "run", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--profile {smoke,quick,full}" in done.stdout and "--fail-fast" in done.stdout
