@@ -1,0 +1,67 @@
+"""The sinusoid regression tasks of Finn et al. (2017), sampled in one vectorised draw per meta-batch.
+
+A task is ``y = A sin(x − φ)`` with amplitude ``A ~ U[0.1, 5.0]`` and phase ``φ ~ U[0, π]``; its inputs
+are ``x ~ U[−5, 5]``. Each task gets ``k_support`` support points and ``k_query`` query points, all drawn
+independently (the paper's K = 10 uses 10 of each). Everything is drawn from an explicit
+``torch.Generator``, so a seed gives the same tasks on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mtml_lib.meta.tasks import TaskBatch
+
+
+@dataclass(frozen=True)
+class SinusoidTasks:
+    """The task distribution. The defaults are the paper's ranges; shapes are ``(T, K, 1)``."""
+
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+    def __post_init__(self):
+        for name in ("amplitude", "phase", "x_range"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"{name} must be a finite range (low < high), got {(lo, hi)}")
+
+    @staticmethod
+    def function(amplitude: torch.Tensor, phase: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``A sin(x − φ)`` for tasks ``(T,)`` at points ``x`` ``(T, n, 1)`` -> ``(T, n, 1)``."""
+        return amplitude.view(-1, 1, 1) * torch.sin(x - phase.view(-1, 1, 1))
+
+    def sample(self, n_tasks: int, k_support: int, k_query: int | None = None,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> TaskBatch:
+        """``n_tasks`` tasks with ``k_support`` support and ``k_query`` (default ``k_support``) query points.
+
+        Returns a :class:`TaskBatch` whose ``info`` holds ``amplitude`` and ``phase`` ``(T,)``.
+        """
+        k_query = k_support if k_query is None else k_query
+        for name, value in (("n_tasks", n_tasks), ("k_support", k_support), ("k_query", k_query)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+        def uniform(shape, bounds):
+            lo, hi = bounds
+            return lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=dtype)
+
+        amplitude = uniform((n_tasks,), self.amplitude)
+        phase = uniform((n_tasks,), self.phase)
+        x = uniform((n_tasks, k_support + k_query, 1), self.x_range)
+        y = self.function(amplitude, phase, x)
+        return TaskBatch(x[:, :k_support], y[:, :k_support], x[:, k_support:], y[:, k_support:],
+                         info={"amplitude": amplitude, "phase": phase})
+
+    def sampler(self, k_support: int, k_query: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32):
+        """A task sampler ``sample(n_tasks) -> TaskBatch`` with its own generator seeded by ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        return lambda n_tasks: self.sample(n_tasks, k_support, k_query, generator, dtype)
+
+    def grid(self, n_points: int = 200, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``n_points`` evenly spaced inputs over ``x_range``, shape ``(n_points, 1)`` (for plots)."""
+        return torch.linspace(*self.x_range, n_points, dtype=dtype).unsqueeze(-1)

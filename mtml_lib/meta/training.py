@@ -1,0 +1,103 @@
+"""Meta-training and evaluation loops shared by the notebooks, and the joint-training baseline.
+
+A *task sampler* is any callable ``sample(n_tasks) -> TaskBatch`` (for example
+``SinusoidTasks(...).sampler(k_shot, generator)``); the loops draw a fresh meta-batch every iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtml_lib.meta.core import MetaLearner, Loss, _check_int
+from mtml_lib.meta.tasks import TaskBatch
+
+Sampler = Callable[[int], TaskBatch]
+
+
+@dataclass
+class History:
+    """Mean query loss of each logged window of iterations, and the wall time of the loop."""
+
+    iterations: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ms_per_iteration(self) -> float:
+        return 1e3 * self.seconds / max(self.iterations[-1], 1) if self.iterations else math.nan
+
+
+def _check_training(n_iterations: int, meta_batch: int, lr: float, log_every: int) -> None:
+    _check_int(n_iterations, "n_iterations", 1)
+    _check_int(meta_batch, "meta_batch", 1)
+    _check_int(log_every, "log_every", 1)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
+
+
+def meta_train(learner: MetaLearner, sample: Sampler, n_iterations: int, meta_batch: int = 25,
+               meta_lr: float = 1e-3, log_every: int = 100) -> History:
+    """Meta-train ``learner`` with Adam(``meta_lr``) on ``n_iterations`` fresh meta-batches of ``meta_batch``
+    tasks. Returns the :class:`History` of the mean query loss, averaged over windows of ``log_every``."""
+    _check_training(n_iterations, meta_batch, meta_lr, log_every)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
+    history, window = History(), []
+    start = time.perf_counter()
+    for it in range(1, n_iterations + 1):
+        window.append(learner.meta_step(optimizer, sample(meta_batch)).loss)
+        if it % log_every == 0 or it == n_iterations:
+            history.iterations.append(it)
+            history.loss.append(float(torch.stack(window).mean()))
+            window = []
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def pretrain(model: nn.Module, loss_fn: Loss, sample: Sampler, n_iterations: int, meta_batch: int = 25,
+             lr: float = 1e-3, log_every: int = 100) -> History:
+    """The "pretrained" baseline of Finn et al.: one model fitted to all tasks at once (joint training).
+
+    Every iteration pools the support and query points of ``meta_batch`` fresh tasks and takes one
+    Adam(``lr``) step on ``loss_fn`` of the pooled set. The model learns the average task; at test time
+    it is fine-tuned on a new task's support set like any other model (``MetaLearner(model, ...).evaluate``).
+    """
+    _check_training(n_iterations, meta_batch, lr, log_every)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history, window = History(), []
+    start = time.perf_counter()
+    for it in range(1, n_iterations + 1):
+        batch = sample(meta_batch)
+        x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
+        y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)
+        loss = loss_fn(model(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite pretraining loss {loss.item()} at iteration {it}; check lr={lr}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        window.append(loss.detach())
+        if it % log_every == 0 or it == n_iterations:
+            history.iterations.append(it)
+            history.loss.append(float(torch.stack(window).mean()))
+            window = []
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def mean_ci95(values: torch.Tensor | np.ndarray, dim: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and half-width of the 95% confidence interval of the mean, ``1.96 · s / sqrt(n)``, along ``dim``.
+
+    The normal approximation is what Finn et al. report over 600 test tasks; ``n`` must be >= 2.
+    """
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64)
+    n = arr.shape[dim]
+    if n < 2:
+        raise ValueError(f"a confidence interval needs at least 2 values along dim {dim}, got {n}")
+    return arr.mean(axis=dim), 1.96 * arr.std(axis=dim, ddof=1) / math.sqrt(n)
