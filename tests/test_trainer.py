@@ -250,3 +250,40 @@ def test_training_a_subset_of_tasks_leaves_the_others_untouched():
     batch = _per_task_batch()
     train(model, {"a": batch["a"]}, epochs=5, tasks=["a"], lr=0.1, progress=False)
     assert torch.equal(model.heads["b"].weight, before)
+
+
+def test_lbfgs_reaches_the_least_squares_minimum():
+    model = _linear_model(dim=5, rank=5)
+    batch = _per_task_batch()
+    history = train(model, batch, epochs=10, optimizer="lbfgs", lr=1.0, progress=False)
+    assert history.task_losses["a"][0] > 0.1
+    # rank = dim: every task is exactly representable, so the noiseless data is fitted to round-off
+    report = evaluate(model, batch)
+    assert report["a"] < 1e-10 and report["b"] < 1e-10
+
+
+def test_lbfgs_weight_decay_is_the_l2_term_of_the_objective():
+    model = _linear_model()
+    batch = _per_task_batch()
+    trainer = MultiTaskTrainer(model, optimizer="lbfgs", lr=1.0, weight_decay=0.5, progress=False, lbfgs_iterations=200)
+    for _ in range(5):
+        trainer.step(batch)
+    model.zero_grad()
+    objective = sum(batch_losses_of(model, batch)) + 0.25 * sum((p ** 2).sum() for p in model.parameters())
+    objective.backward()
+    # at the minimum of J + (λ/2)|θ|² the gradient vanishes
+    assert max(p.grad.abs().max().item() for p in model.parameters()) < 1e-6
+
+
+def batch_losses_of(model, batch):
+    from mtml_lib.mtl.trainer import batch_losses
+
+    return batch_losses(model, batch, model.task_names)
+
+
+def test_lbfgs_refuses_gradient_based_strategies_and_clipping():
+    model = _linear_model()
+    with pytest.raises(ValueError, match="needs a loss-based strategy"):
+        MultiTaskTrainer(model, SumGradients(2), optimizer="lbfgs", lr=1.0)
+    with pytest.raises(ValueError, match="grad_clip"):
+        MultiTaskTrainer(model, optimizer="lbfgs", lr=1.0, grad_clip=1.0)

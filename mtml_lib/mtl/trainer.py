@@ -18,6 +18,12 @@ autograd plumbing; the maths of how task losses are combined lives in a
 Whatever ``.grad`` the model's and the strategy's parameters hold after that, one optimizer step
 applies (strategy parameters in their own group, without weight decay).
 
+Optimizers: ``"sgd"``, ``"adam"``, ``"adamw"`` for mini-batch training; ``"lbfgs"`` (torch's L-BFGS with a
+strong-Wolfe line search) for small full-batch problems such as the linear toy, where it reaches the
+minimum that Adam only approaches. With L-BFGS one "step" is up to ``lbfgs_iterations`` iterations,
+it takes loss-based strategies only, and ``weight_decay`` λ is added to the objective as
+(λ/2) Σ |θ|² over the model's parameters (the same gradient λθ as Adam's coupled weight decay).
+
 Batches come in two shapes, matching the two kinds of multi-task data:
 
 - **per-task batch** ``{name: (X_i, Y_i)}``: every task has its own inputs (the linear toy of notebook 01);
@@ -54,7 +60,7 @@ from tqdm.auto import tqdm
 from mtml_lib.models.multitask import MultiTaskModel
 from mtml_lib.mtl.weighting.base import EqualWeights, Weighting
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw", "lbfgs")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
 MODES: tuple[str, ...] = ("min", "max")
 
@@ -210,7 +216,9 @@ class MultiTaskTrainer:
         heads of ``tasks``.
     weighting: a :class:`Weighting` for ``len(tasks)`` tasks (default :class:`EqualWeights`).
     tasks: the tasks to train, in the order of the loss vector (default: all of the model's tasks).
-    optimizer: ``"sgd"`` (with ``momentum``), ``"adam"`` or ``"adamw"``; ``lr``, ``weight_decay``.
+    optimizer: ``"sgd"`` (with ``momentum``), ``"adam"``, ``"adamw"`` or ``"lbfgs"`` (full batch,
+        loss-based strategies; ``lbfgs_iterations`` iterations per step; use ``lr=1``); ``lr``,
+        ``weight_decay``.
     schedule: ``"constant"``, ``"cosine"`` (to 0 over the epochs of a fit) or ``"step"`` (multiply by
         ``gamma`` every ``step_size`` epochs; default step size: a third of the epochs).
     grad_clip: clip the global gradient norm of the model's parameters to this value (None: off).
@@ -235,6 +243,7 @@ class MultiTaskTrainer:
         device: str | torch.device | None = None,
         progress: bool = True,
         desc: str = "train",
+        lbfgs_iterations: int = 20,
     ):
         if not isinstance(model, MultiTaskModel):
             raise TypeError(f"MultiTaskTrainer needs a MultiTaskModel, got {type(model).__name__}")
@@ -258,10 +267,17 @@ class MultiTaskTrainer:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid optimizers: {list(OPTIMIZERS)}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; valid schedules: {list(SCHEDULES)}")
+        if optimizer == "lbfgs" and self.weighting.uses_gradients:
+            raise ValueError(
+                f"optimizer 'lbfgs' needs a loss-based strategy, but {self.weighting.name!r} is gradient-based; "
+                f"use one of {[o for o in OPTIMIZERS if o != 'lbfgs']}"
+            )
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
+        if grad_clip is not None and optimizer == "lbfgs":
+            raise ValueError("grad_clip does not combine with optimizer 'lbfgs' (it would break the line search)")
         if device is not None:
             model.to(device)
         first = next(iter(model.parameters()), None)
@@ -285,13 +301,22 @@ class MultiTaskTrainer:
             self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
         elif optimizer == "adam":
             self.optimizer = torch.optim.Adam(groups, lr=lr)
-        else:
+        elif optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(groups, lr=lr)
+        else:
+            # L-BFGS takes one parameter group: weight decay becomes an explicit term of the objective
+            self.optimizer = torch.optim.LBFGS(
+                self.model_params + self.strategy_params, lr=lr, max_iter=lbfgs_iterations, history_size=20,
+                line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-14,
+            )
+        self.optimizer_name = optimizer
+        self.weight_decay = weight_decay
         self.schedule, self.step_size, self.gamma = schedule, step_size, gamma
         self.grad_clip = grad_clip
         self.progress, self.desc = progress, desc
         self.global_step = 0
         self.epoch = 0
+        self._last_objective = math.nan
 
     # ----------------------------------------------------------------------------------- one step
     def _check_finite(self, losses: torch.Tensor) -> None:
@@ -334,25 +359,53 @@ class MultiTaskTrainer:
             torch.autograd.backward(losses.sum(), inputs=self.head_params)
         return losses.detach().sum()
 
+    def _loss_objective(self, losses: torch.Tensor) -> torch.Tensor:
+        objective = self.weighting.loss(losses, self.global_step)
+        if objective.dim() != 0:
+            raise ValueError(f"{self.weighting.name}.loss returned shape {tuple(objective.shape)}, expected a scalar")
+        if not bool(torch.isfinite(objective.detach())):
+            raise NonFiniteLossError(
+                f"the {self.weighting.name} objective is {objective.item()} at step {self.global_step} "
+                f"(epoch {self.epoch}) although every task loss is finite: "
+                f"{dict(zip(self.tasks, losses.detach().tolist()))}"
+            )
+        return objective
+
+    def _lbfgs_step(self, batch: Any) -> torch.Tensor:
+        first: dict[str, torch.Tensor] = {}
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = batch_losses(self.model, batch, self.tasks)
+            self._check_finite(losses)
+            objective = self._loss_objective(losses)
+            total = objective
+            if self.weight_decay:
+                total = total + 0.5 * self.weight_decay * sum((p ** 2).sum() for p in self.model_params)
+            total.backward()
+            if not first:
+                first["losses"], first["objective"] = losses.detach(), objective.detach()
+            return total.detach()
+
+        self.optimizer.step(closure)
+        self._last_objective = float(first["objective"])
+        return first["losses"]
+
     def step(self, batch: Any) -> torch.Tensor:
         """One optimisation step on ``batch``; returns the detached task losses ``(T,)`` before the step."""
         self.model.train()
         batch = _to(batch, self.device)
+        if self.optimizer_name == "lbfgs":
+            losses = self._lbfgs_step(batch)
+            self.global_step += 1
+            return losses
         self.optimizer.zero_grad(set_to_none=True)
         losses = batch_losses(self.model, batch, self.tasks)
         self._check_finite(losses)
         if self.weighting.uses_gradients:
             objective = self._backward_gradients(losses)
         else:
-            objective = self.weighting.loss(losses, self.global_step)
-            if objective.dim() != 0:
-                raise ValueError(f"{self.weighting.name}.loss returned shape {tuple(objective.shape)}, expected a scalar")
-            if not bool(torch.isfinite(objective.detach())):
-                raise NonFiniteLossError(
-                    f"the {self.weighting.name} objective is {objective.item()} at step {self.global_step} "
-                    f"(epoch {self.epoch}) although every task loss is finite: "
-                    f"{dict(zip(self.tasks, losses.detach().tolist()))}"
-                )
+            objective = self._loss_objective(losses)
             objective.backward()
             objective = objective.detach()
         if self.grad_clip is not None:
