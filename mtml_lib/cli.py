@@ -4,6 +4,8 @@
              [--out DIR] [--fail-fast] [--store]
     mtml list
     mtml figures [--out DIR]
+    mtml release [EXERCISE ...] --out DIR
+    mtml grade SUBMISSION ... [--key INSTRUCTOR.ipynb] [--json FILE]
 
 Exit codes: 0 success, 1 a notebook failed, 2 bad usage (unknown profile, device or notebook).
 """
@@ -48,15 +50,54 @@ def _parser() -> argparse.ArgumentParser:
     figures = sub.add_parser("figures", help="regenerate the figure gallery figures/README.md",
                              description="Regenerate figures/README.md from figures/index.json.")
     figures.add_argument("--out", type=Path, default=None, help="output root holding figures/ (default: the repository)")
+
+    release = sub.add_parser("release", help="write student versions of the exercises (solutions removed)",
+                             description="Write student versions of notebooks/exercises/*.ipynb: solution regions "
+                                         "replaced by a placeholder, hidden tests removed, outputs cleared.")
+    release.add_argument("exercises", nargs="*", metavar="EXERCISE", help="exercise names (default: all)")
+    release.add_argument("--out", type=Path, required=True, help="folder for the student notebooks")
+
+    grade = sub.add_parser("grade", help="grade submitted exercise notebooks",
+                           description="Run each submission with the instructor's graded cells and print the points.")
+    grade.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSION", help="submitted notebooks")
+    grade.add_argument("--key", default=None,
+                       help="instructor notebook or exercise name (default: the exercise whose file name the submission has)")
+    grade.add_argument("--json", type=Path, default=None, help="also write the reports as JSON to this file")
+    grade.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
     return parser
+
+
+def _grade(args) -> int:
+    import json
+
+    from mtml_lib import exercises
+
+    reports = []
+    for submission in args.submissions:
+        key = exercises.resolve([args.key or submission.stem])[0]
+        report = exercises.grade(submission, key, timeout=args.timeout)
+        reports.append(report)
+        print(f"{submission}: {report.score:g} / {report.total:g} points (key: {key.name})")
+        for q in report.questions:
+            status = "ok" if q.error is None else q.error
+            print(f"  {q.grade_id:<12} {q.score:g}/{q.points:g}  {status}")
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from mtml_lib import pipeline
+    from mtml_lib import exercises, pipeline
 
     try:
+        if args.command == "release":
+            for path in exercises.release_all(args.exercises, args.out):
+                print(f"student version written: {path}")
+            return 0
+        if args.command == "grade":
+            return _grade(args)
         if args.command == "list":
             for path in pipeline.discover():
                 print(f"{path.stem:<30} {pipeline.describe(path)}")
@@ -71,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             args.notebooks, profile=args.profile, device=args.device, seed=args.seed, out=args.out,
             fail_fast=args.fail_fast, store=args.store, progress=not args.no_progress,
         )
-    except config.ConfigError as err:
+    except (config.ConfigError, exercises.ExerciseError) as err:
         parser.exit(2, f"mtml: error: {err}\n")
     print()
     print(pipeline.summary_table(results))
