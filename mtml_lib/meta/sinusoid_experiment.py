@@ -1,0 +1,179 @@
+"""The sinusoid experiment of Finn et al. (2017), section 5.1, as notebook 03 runs it.
+
+Every method starts from the same initial MLP (seeded) and sees the same stream of training tasks;
+every method is tested on the same test tasks (a separate seed), fine-tuned with plain gradient steps
+of size α on the support points (Meta-SGD with its learned rates) and measured on ``eval_query_points``
+query points of each task. The pretrained baseline is one MLP trained on all tasks at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mtml_lib.data.sinusoid import SinusoidTasks
+from mtml_lib.meta.core import MetaLearner
+from mtml_lib.meta.tasks import TaskBatch
+from mtml_lib.meta.training import History, mean_ci95, meta_train, pretrain
+from mtml_lib.models import MLP
+from mtml_lib.plotting import PALETTE
+
+#: the methods of the comparison, and how tables and figures name them
+METHODS: dict[str, str] = {
+    "maml": "MAML",
+    "fomaml": "FOMAML",
+    "anil": "ANIL",
+    "metasgd": "Meta-SGD",
+    "reptile": "Reptile",
+    "pretrained": "pretrained",
+}
+COLORS: dict[str, tuple] = dict(zip(METHODS, PALETTE))
+_TEST_SEED_OFFSET = 10_000  # test tasks come from their own stream, never from the training one
+
+
+@dataclass
+class Trained:
+    """A trained method: the learner that adapts it at test time, its training history and wall time."""
+
+    method: str
+    learner: MetaLearner
+    history: History
+
+    @property
+    def label(self) -> str:
+        return METHODS[self.method]
+
+
+def train_method(method: str, settings, seed: int = 0, device: torch.device | str = "cpu") -> Trained:
+    """Train one method of :data:`METHODS` with the profile ``settings`` (``MamlSinusoidProfile``).
+
+    With ``settings.compile`` the meta-step of the MAML family and Reptile runs under ``torch.compile``
+    (same numbers, faster after a one-off compilation per method).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(map(repr, METHODS))}")
+    torch.manual_seed(seed)
+    model = MLP([1, *settings.hidden, 1]).to(device)
+    draw = SinusoidTasks().sampler(settings.k_shot, seed=seed)
+    sample = lambda n_tasks: draw(n_tasks).to(device)  # noqa: E731 - tasks are drawn on the CPU, same on every device
+    kwargs = dict(inner_lr=settings.inner_lr, test_steps=settings.test_steps)
+    if method == "pretrained":
+        history = pretrain(model, F.mse_loss, sample, settings.n_iterations, settings.meta_batch, settings.meta_lr,
+                           settings.log_every)
+        return Trained(method, MetaLearner(model, F.mse_loss, "maml", **kwargs), history)
+    steps = settings.reptile_inner_steps if method == "reptile" else settings.inner_steps
+    learner = MetaLearner(model, F.mse_loss, method, inner_steps=steps, compile=settings.compile, **kwargs)
+    history = meta_train(learner, sample, settings.n_iterations, settings.meta_batch, settings.meta_lr, settings.log_every)
+    return Trained(method, learner, history)
+
+
+def train_all(settings, seed: int = 0, methods: Iterable[str] = tuple(METHODS), device: torch.device | str = "cpu",
+              log: Callable[[str], None] | None = print) -> dict[str, Trained]:
+    """Train every method in ``methods``; ``log`` receives one line per method (time, final loss)."""
+    trained = {}
+    for method in methods:
+        start = time.perf_counter()
+        trained[method] = train_method(method, settings, seed, device)
+        if log is not None:
+            h = trained[method].history
+            log(f"{METHODS[method]:>10}: {settings.n_iterations} iterations in {time.perf_counter() - start:6.1f} s "
+                f"({h.ms_per_iteration:.2f} ms each), last training loss {h.loss[-1]:.3f}")
+    return trained
+
+
+def evaluation_tasks(settings, k_shot: int, seed: int = 0, n_tasks: int | None = None,
+                     device: torch.device | str = "cpu") -> TaskBatch:
+    """The test tasks: ``k_shot`` support and ``eval_query_points`` query points each, from the test seed.
+
+    The same tasks (amplitudes, phases, query points) for every ``k_shot``: only the support set grows.
+    """
+    n_tasks = settings.n_test_tasks if n_tasks is None else n_tasks
+    gen = torch.Generator().manual_seed(seed + _TEST_SEED_OFFSET)
+    tasks = SinusoidTasks()
+    base = tasks.sample(n_tasks, max(settings.eval_k_shots + (k_shot,)), settings.eval_query_points, gen)
+    return TaskBatch(base.support_x[:, :k_shot], base.support_y[:, :k_shot], base.query_x, base.query_y,
+                     info=base.info).to(device)
+
+
+def mse_curves(trained: dict[str, Trained], batch: TaskBatch, steps: int) -> dict[str, torch.Tensor]:
+    """Query MSE of every test task after 0..``steps`` steps, per method: ``(steps + 1, T)``.
+
+    A task whose fine-tuning diverges keeps its non-finite MSE (see :func:`results_table`).
+    """
+    return {m: t.learner.evaluate(batch, steps, allow_nonfinite=True).loss for m, t in trained.items()}
+
+
+def results_table(curves: dict[str, torch.Tensor], steps: Iterable[int] = (1, 10)) -> pd.DataFrame:
+    """Mean test MSE ± 95% CI half-width after each of ``steps`` steps, one row per method.
+
+    Columns ``diverged k``: test tasks whose MSE after k steps is not finite (NaN/inf, or above 1e6); the
+    mean and CI of such a method are NaN, because an average that drops the diverged tasks would flatter it.
+    """
+    rows = []
+    for method, curve in curves.items():
+        row = {"method": METHODS[method]}
+        for s in steps:
+            values = curve[s]
+            diverged = int((~torch.isfinite(values) | (values > 1e6)).sum())
+            mean, half = mean_ci95(values) if diverged == 0 else (float("nan"), float("nan"))
+            row[f"MSE {s} step{'s' if s != 1 else ''}"] = float(mean)
+            row[f"± CI {s}"] = float(half)
+            row[f"diverged {s}"] = diverged
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def plot_fits(trained: dict[str, Trained], batches: dict[int, TaskBatch], task: int = 0,
+              steps: Iterable[int] = (0, 1, 10)) -> plt.Figure:
+    """The paper's qualitative figure: one test task, true function, the K support points and the fit
+    after each of ``steps`` gradient steps; one column per method, one row per K in ``batches``."""
+    steps = list(steps)
+    grid = SinusoidTasks().grid(200).to(next(iter(batches.values())).support_x.device)
+    fig, axes = plt.subplots(len(batches), len(trained), figsize=(4.2 * len(trained), 3.0 * len(batches)),
+                             sharex=True, sharey=True, squeeze=False)
+    shades = [0.35 + 0.65 * i / max(len(steps) - 1, 1) for i in range(len(steps))]
+    for row, (k, batch) in enumerate(batches.items()):
+        one = batch.select([task])
+        truth = SinusoidTasks.function(one.info["amplitude"], one.info["phase"], grid.unsqueeze(0))[0].cpu()
+        for col, (method, t) in enumerate(trained.items()):
+            ax = axes[row, col]
+            ax.plot(grid.cpu(), truth, color="black", lw=1.5, label="true function")
+            for s, shade in zip(steps, shades):
+                phi = t.learner.adapt(one.support_x, one.support_y, steps=s)
+                pred = t.learner.predict(phi, grid.unsqueeze(0))[0].cpu()
+                ax.plot(grid.cpu(), pred, color=COLORS[method], alpha=shade, lw=1.5, ls="--" if s == 0 else "-",
+                        label=f"after {s} step{'s' if s != 1 else ''}")
+            ax.scatter(one.support_x[0, :, 0].cpu(), one.support_y[0, :, 0].cpu(), color="black", marker="^", s=30, zorder=3,
+                       label=f"{k} support points")
+            ax.set_title(f"{t.label}, K = {k}")
+            if row == len(batches) - 1:
+                ax.set_xlabel("x")
+            ax.legend(fontsize="x-small", loc="lower right")
+    for row in range(len(batches)):
+        axes[row, 0].set_ylabel("y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_mse_vs_steps(curves_by_k: dict[int, dict[str, torch.Tensor]]) -> plt.Figure:
+    """Mean test MSE (± 95% CI band) versus the number of gradient steps, one panel per K."""
+    fig, axes = plt.subplots(1, len(curves_by_k), figsize=(4.2 * len(curves_by_k), 3.4), sharey=True, squeeze=False)
+    for ax, (k, curves) in zip(axes[0], curves_by_k.items()):
+        for method, curve in curves.items():
+            mean, half = mean_ci95(curve, dim=1)
+            steps = range(len(mean))
+            ax.plot(steps, mean, marker="o", ms=3, color=COLORS[method], label=METHODS[method])
+            ax.fill_between(steps, mean - half, mean + half, color=COLORS[method], alpha=0.2)
+        ax.set_title(f"K = {k}")
+        ax.set_xlabel("gradient steps at test time")
+        ax.set_yscale("log")
+    axes[0, 0].set_ylabel("test MSE (mean, 95% CI)")
+    axes[0, 0].legend()
+    fig.tight_layout()
+    return fig
