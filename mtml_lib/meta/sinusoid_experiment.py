@@ -150,11 +150,12 @@ def plot_fits(trained: dict[str, Trained], batches: dict[int, TaskBatch], task: 
                 ax.plot(grid.cpu(), pred, color=COLORS[method], alpha=shade, lw=1.5, ls="--" if s == 0 else "-",
                         label=f"after {s} step{'s' if s != 1 else ''}")
             ax.scatter(one.support_x[0, :, 0].cpu(), one.support_y[0, :, 0].cpu(), color="black", marker="^", s=30, zorder=3,
-                       label=f"{k} support points")
+                       label="K support points")
             ax.set_title(f"{t.label}, K = {k}")
             if row == len(batches) - 1:
                 ax.set_xlabel("x")
-            ax.legend(fontsize="x-small", loc="lower right")
+            if row == 0:
+                ax.legend(fontsize="x-small", loc="lower left", framealpha=0.9)
     for row in range(len(batches)):
         axes[row, 0].set_ylabel("y")
     fig.tight_layout()
@@ -172,7 +173,7 @@ def plot_mse_vs_steps(curves_by_k: dict[int, dict[str, torch.Tensor]]) -> plt.Fi
             ax.fill_between(steps, mean - half, mean + half, color=COLORS[method], alpha=0.2)
         ax.set_title(f"K = {k}")
         ax.set_xlabel("gradient steps at test time")
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
     axes[0, 0].set_ylabel("test MSE (mean, 95% CI)")
     axes[0, 0].legend()
     fig.tight_layout()

@@ -29,6 +29,6 @@ class MamlSinusoidProfile:
 
 PROFILES = {
     "smoke": MamlSinusoidProfile(n_iterations=40, n_test_tasks=40, log_every=10),
-    "quick": MamlSinusoidProfile(n_iterations=4000),
+    "quick": MamlSinusoidProfile(n_iterations=3000),
     "full": MamlSinusoidProfile(n_iterations=70000, log_every=500, compile=True),
 }
