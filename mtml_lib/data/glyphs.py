@@ -100,7 +100,7 @@ class RenderSettings:
 
     image_size: int = 28  # output side in pixels
     supersample: int = 2  # prototypes are rendered at supersample * image_size, warped, then averaged down
-    fill: float = 0.62  # longer side of a character / frame side (Omniglot's median is 0.63)
+    fill: float = 0.68  # longer side of a character / frame side (Omniglot's median: 0.64 measured at 28 x 28)
     min_fonts: int = 3  # a character is a class when at least this many fonts draw it
     duplicate_threshold: float = 0.95  # correlation (same font) above which two characters count as alike
     solid_stroke: float = 3.0  # output px: a class whose median stroke is wider is a solid shape, dropped
@@ -594,11 +594,12 @@ def make_instances(protos: GlyphPrototypes, classes: list[int], n_per_class: int
 
 def load_glyphs(split: str = "train", n_per_class: int = 20, seed: int = 0, distortion: Distortion = Distortion(),
                 settings: RenderSettings = RenderSettings(), max_classes: int | None = None,
-                protos: GlyphPrototypes | None = None) -> ClassDataset:
+                protos: GlyphPrototypes | None = None, draw: int = 0) -> ClassDataset:
     """One split of the glyph data set: ``n_per_class`` distorted instances of each of its characters.
 
     ``max_classes`` keeps a seeded random subset of the classes (for quick runs). ``protos`` reuses
-    prototypes already loaded (:func:`load_prototypes`). Deterministic in ``seed``.
+    prototypes already loaded (:func:`load_prototypes`). ``draw`` numbers independent draws of the
+    instances of the same classes (fresh fonts order and distortions). Deterministic in ``seed`` and ``draw``.
     """
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
@@ -610,11 +611,12 @@ def load_glyphs(split: str = "train", n_per_class: int = 20, seed: int = 0, dist
         g = torch.Generator().manual_seed(_split_seed(seed, split + "/subset"))
         pick = torch.randperm(len(classes), generator=g)[:max_classes].sort().values
         classes = [classes[i] for i in pick.tolist()]
-    images = make_instances(protos, classes, n_per_class, _split_seed(seed, split), distortion)
+    images = make_instances(protos, classes, n_per_class, _split_seed(seed, f"{split}/{draw}"), distortion)
     return ClassDataset(
         images=images,
         class_names=[protos.chars[c] for c in classes],
         groups=[protos.groups[c] for c in classes],
         split=split,
-        info={"source": "glyphs", "version": GLYPHS_VERSION, "seed": seed, "distortion": dataclasses.asdict(distortion)},
+        info={"source": "glyphs", "version": GLYPHS_VERSION, "seed": seed, "draw": draw,
+              "distortion": dataclasses.asdict(distortion)},
     )

@@ -17,7 +17,7 @@ rotating every character by 90, 180 and 270 degrees (each rotation is a class of
 
 Images come out in the conventions of :mod:`mtml_lib.data.glyphs`: one channel, ``image_size`` square,
 ink = 1 on a background of 0 (Omniglot's black ink on white is inverted), values in ``[0, 1]``; the
-official framing is kept (a character's longer side is about 0.63 of the frame, which glyphs imitate).
+official framing is kept (a character's longer side is about 0.64 of the frame, which glyphs imitate).
 """
 
 from __future__ import annotations
@@ -96,6 +96,27 @@ def available_splits(path: str | os.PathLike | None = None) -> list[str]:
     except OmniglotNotFound:
         return []
     return [s for s, stem in SPLIT_NAMES.items() if (root / stem).exists() or (root / f"{stem}.zip").exists()]
+
+
+def search_paths() -> list[Path]:
+    """Where :func:`find_data` looks, in order: ``MTML_DATA`` (and its ``omniglot/``), ``<repo>/data/omniglot``,
+    and ``<repo>/../shared/data/omniglot`` (a data folder shared by several checkouts of the project)."""
+    paths = []
+    env = os.environ.get("MTML_DATA")
+    if env:
+        paths += [Path(env).expanduser() / "omniglot", Path(env).expanduser()]
+    root = config.repo_root()
+    return paths + [root / "data" / "omniglot", root.parent / "shared" / "data" / "omniglot"]
+
+
+def find_data(path: str | os.PathLike | None = None) -> Path | None:
+    """The first folder holding an official Omniglot split: ``path`` if given, else :func:`search_paths`.
+
+    Returns None when there is none (the caller decides whether that is an error)."""
+    for candidate in [Path(path).expanduser()] if path is not None else search_paths():
+        if candidate.is_dir() and available_splits(candidate):
+            return candidate
+    return None
 
 
 def _read_files(source: Path) -> dict[tuple[str, str], list[tuple[str, bytes]]]:

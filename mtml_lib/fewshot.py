@@ -1,0 +1,298 @@
+"""Few-shot image classification experiments: build a learner, train it episodically, evaluate it.
+
+One :class:`TrainSpec` describes one learner and how it is meta-trained; :func:`train` runs it with
+validation-based model selection (the parameters with the best validation accuracy are kept, never the
+test-selected ones); :func:`evaluate` measures accuracy on fresh test episodes with a 95% confidence
+interval; :func:`accuracy_vs_steps` gives the MAML family's accuracy after each adaptation step.
+
+Learners (all on the Conv4 backbone, ``norm="plain"`` unless the spec says otherwise):
+
+* ``protonet``: Prototypical Networks (:mod:`mtml_lib.meta.protonet`); one encoder serves any N-way K-shot;
+* ``maml``, ``fomaml``, ``anil``, ``metasgd``: the MAML family (:class:`mtml_lib.meta.MetaLearner`) with a
+  linear head of ``n_way`` outputs, so a model serves the number of ways it was trained for (any shot).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from mtml_lib.data.episodes import ClassDataset, EpisodeSampler
+from mtml_lib.meta import MetaLearner, mean_ci95
+from mtml_lib.meta.protonet import ProtoNet
+from mtml_lib.meta.tasks import TaskBatch
+from mtml_lib.models.backbones import Conv4
+
+LEARNERS: tuple[str, ...] = ("protonet", "maml", "fomaml", "anil", "metasgd")
+MAML_FAMILY: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One learner and its episodic meta-training.
+
+    ``n_way``/``k_shot``/``n_query``: the training episodes. ``meta_batch``: episodes per update.
+    ``meta_lr``: Adam step size, decayed to zero on a cosine over ``iterations`` when ``cosine``.
+    ``inner_lr``/``inner_steps``/``test_steps``: the MAML family's inner loop (ignored by ProtoNets).
+    ``hidden``/``norm``: the Conv4 backbone. ``val_every``/``val_episodes``: model selection on a fixed
+    set of validation episodes (``val_way``-way ``val_shot``-shot; default: the training way and shot).
+    ``refresh_every``: draw fresh distortions of the training characters every so many iterations
+    (None: keep the instances fixed, like Omniglot's 20 drawings).
+    """
+
+    learner: str
+    n_way: int = 5
+    k_shot: int = 1
+    n_query: int = 5
+    meta_batch: int = 1
+    iterations: int = 1000
+    meta_lr: float = 1e-3
+    cosine: bool = True
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    test_steps: int = 3
+    hidden: int = 64
+    norm: str = "plain"
+    val_every: int = 100
+    val_episodes: int = 100
+    val_way: int | None = None
+    val_shot: int | None = None
+    refresh_every: int | None = None
+
+    def __post_init__(self):
+        if self.learner not in LEARNERS:
+            raise ValueError(f"unknown learner {self.learner!r}; valid learners: {', '.join(map(repr, LEARNERS))}")
+        for name in ("n_way", "k_shot", "n_query", "meta_batch", "iterations", "inner_steps", "hidden", "val_every",
+                     "val_episodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainSpec.{name} must be an integer >= 1, got {value!r}")
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ValueError(f"TrainSpec.refresh_every must be None or >= 1, got {self.refresh_every!r}")
+
+    @property
+    def name(self) -> str:
+        """Readable label, e.g. ``"MAML 5-way"`` (ProtoNets serve every way: no suffix)."""
+        label = {"protonet": "ProtoNet", "maml": "MAML", "fomaml": "FOMAML", "anil": "ANIL", "metasgd": "Meta-SGD"}
+        return label[self.learner] if self.learner == "protonet" else f"{label[self.learner]} {self.n_way}-way"
+
+    def serves(self, n_way: int) -> bool:
+        """Whether a learner trained with this spec can classify ``n_way``-way episodes."""
+        return self.learner == "protonet" or self.n_way == n_way
+
+
+def make_learner(spec: TrainSpec, in_channels: int = 1, image_size: int = 28) -> ProtoNet | MetaLearner:
+    """A fresh, randomly initialised learner for ``spec`` (seed torch before calling for repeatability)."""
+    if spec.learner == "protonet":
+        return ProtoNet(Conv4(in_channels, spec.hidden, None, norm=spec.norm, image_size=image_size))
+    model = Conv4(in_channels, spec.hidden, spec.n_way, norm=spec.norm, image_size=image_size)
+    return MetaLearner(model, F.cross_entropy, algorithm=spec.learner, inner_lr=spec.inner_lr,
+                       inner_steps=spec.inner_steps, test_steps=spec.test_steps)
+
+
+def _accuracy(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (prediction.argmax(-1) == target).float().mean()
+
+
+@torch.no_grad()
+def episode_accuracy(learner: ProtoNet | MetaLearner, batch: TaskBatch, steps: int | None = None) -> torch.Tensor:
+    """Query accuracy ``(T,)`` of each episode: ProtoNets classify directly, the MAML family first adapts
+    on the support set for ``steps`` (default: the learner's ``test_steps``) inner steps."""
+    if isinstance(learner, ProtoNet):
+        return learner.evaluate(batch).metric[0]
+    phi = learner.adapt(batch.support_x, batch.support_y, steps=steps)
+    pred = learner.predict(phi, batch.query_x)
+    return (pred.argmax(-1) == batch.query_y).float().mean(-1)
+
+
+def _device_of(learner: torch.nn.Module) -> torch.device:
+    return next(learner.parameters(), torch.empty(0)).device
+
+
+def evaluate(learner: ProtoNet | MetaLearner, data: ClassDataset, n_way: int, k_shot: int, n_query: int,
+             n_episodes: int = 600, seed: int = 0, steps: int | None = None, chunk: int = 50) -> dict[str, float]:
+    """Mean query accuracy over ``n_episodes`` fresh episodes of ``data`` and its 95% CI half-width.
+
+    The episodes depend on ``seed`` only, so learners evaluated with the same seed see the same episodes
+    (a paired comparison). Returns ``{"mean", "ci95", "episodes", "seconds"}``.
+    """
+    sampler = EpisodeSampler(data, n_way, k_shot, n_query, seed=seed)
+    device = _device_of(learner)
+    start = time.perf_counter()
+    accs = []
+    for done in range(0, n_episodes, chunk):
+        batch = sampler.sample(min(chunk, n_episodes - done)).to(device)
+        accs.append(episode_accuracy(learner, batch, steps).cpu())
+    mean, ci = mean_ci95(torch.cat(accs))
+    return {"mean": float(mean), "ci95": float(ci), "episodes": n_episodes, "seconds": time.perf_counter() - start}
+
+
+def accuracy_vs_steps(learner: MetaLearner, data: ClassDataset, n_way: int, k_shot: int, n_query: int,
+                      max_steps: int = 10, n_episodes: int = 100, seed: int = 0, chunk: int = 50) -> dict[str, list[float]]:
+    """Query accuracy after 0, 1, ..., ``max_steps`` inner steps: ``{"steps", "mean", "ci95"}`` lists."""
+    sampler = EpisodeSampler(data, n_way, k_shot, n_query, seed=seed)
+    device = _device_of(learner)
+    scores = []
+    for done in range(0, n_episodes, chunk):
+        batch = sampler.sample(min(chunk, n_episodes - done)).to(device)
+        scores.append(learner.evaluate(batch, steps=max_steps, metric=_accuracy).metric.cpu())
+    mean, ci = mean_ci95(torch.cat(scores, dim=1), dim=1)
+    return {"steps": list(range(max_steps + 1)), "mean": mean.tolist(), "ci95": ci.tolist()}
+
+
+@dataclass
+class TrainResult:
+    """A trained learner (holding the validation-selected parameters) and its training curves."""
+
+    spec: TrainSpec
+    learner: ProtoNet | MetaLearner
+    iterations: list[int] = field(default_factory=list)  # where the curves were logged
+    train_loss: list[float] = field(default_factory=list)  # mean query loss since the previous log
+    val_accuracy: list[float] = field(default_factory=list)
+    best_iteration: int = 0
+    best_val_accuracy: float = -math.inf
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, float | int | str]:
+        return {"learner": self.spec.name, "best_iteration": self.best_iteration,
+                "best_val_accuracy": round(self.best_val_accuracy, 4), "train_seconds": round(self.seconds, 1)}
+
+
+def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDataset], val_data: ClassDataset,
+          seed: int = 0, device: torch.device | str = "cpu", verbose: bool = False) -> TrainResult:
+    """Meta-train the learner of ``spec`` on episodes of ``train_data``; keep the best-on-validation parameters.
+
+    ``train_data`` is a data set, or a function ``round -> data set`` called every ``spec.refresh_every``
+    iterations for fresh instances (round 0 at the start). Validation uses the same ``spec.val_episodes``
+    episodes at every check (seeded), at the end of every ``spec.val_every`` iterations and at the last one.
+    """
+    torch.manual_seed(seed)
+    data = train_data(0) if callable(train_data) else train_data
+    shape = data.image_shape
+    learner = make_learner(spec, in_channels=shape[0], image_size=shape[-1]).to(device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=spec.meta_lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.iterations) if spec.cosine else None
+    sampler = EpisodeSampler(data, spec.n_way, spec.k_shot, spec.n_query, seed=seed)
+    val_way, val_shot = spec.val_way or spec.n_way, spec.val_shot or spec.k_shot
+    val_batch = EpisodeSampler(val_data, val_way, val_shot, spec.n_query, seed=seed + 1).sample(spec.val_episodes).to(device)
+    result = TrainResult(spec=spec, learner=learner)
+    best_state = copy.deepcopy(learner.state_dict())
+    window: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for it in range(1, spec.iterations + 1):
+        if callable(train_data) and spec.refresh_every and it > 1 and (it - 1) % spec.refresh_every == 0:
+            sampler = EpisodeSampler(train_data((it - 1) // spec.refresh_every), spec.n_way, spec.k_shot,
+                                     spec.n_query, seed=seed + it)
+        window.append(learner.meta_step(optimizer, sampler.sample(spec.meta_batch).to(device)).loss)
+        if scheduler is not None:
+            scheduler.step()
+        if it % spec.val_every == 0 or it == spec.iterations:
+            accuracy = float(torch.cat([episode_accuracy(learner, val_batch.select(slice(i, i + 50))).cpu()
+                                        for i in range(0, spec.val_episodes, 50)]).mean())
+            result.iterations.append(it)
+            result.train_loss.append(float(torch.stack(window).mean().cpu()))
+            result.val_accuracy.append(accuracy)
+            window = []
+            if accuracy > result.best_val_accuracy:
+                result.best_val_accuracy, result.best_iteration = accuracy, it
+                best_state = copy.deepcopy(learner.state_dict())
+            if verbose:
+                print(f"{spec.name}: iteration {it}/{spec.iterations} train loss {result.train_loss[-1]:.3f} "
+                      f"val acc {accuracy:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    learner.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def spec_table(specs) -> "pd.DataFrame":
+    """The training settings of ``specs`` as a table (one row per learner)."""
+    import pandas as pd
+
+    keep = ("n_way", "k_shot", "n_query", "meta_batch", "iterations", "meta_lr", "inner_lr", "inner_steps",
+            "test_steps", "hidden")
+    rows = []
+    for s in specs:
+        row = {"learner": s.name, **{k: getattr(s, k) for k in keep}}
+        if s.learner == "protonet":
+            row.update(inner_lr="—", inner_steps="—", test_steps="—")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("learner")
+
+
+def format_accuracy(mean: float, ci: float) -> str:
+    """``"97.12 ± 0.45"`` (percent)."""
+    return f"{100 * mean:.2f} ± {100 * ci:.2f}"
+
+
+def results_table(results: dict[str, dict[str, dict[str, float]]], settings: list[str]) -> "pd.DataFrame":
+    """``{learner: {setting: {"mean", "ci95"}}}`` -> a table of ``mean ± CI`` strings (— where not run)."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        s: {name: format_accuracy(r[s]["mean"], r[s]["ci95"]) if s in r else "—" for name, r in results.items()}
+        for s in settings
+    })
+
+
+def setting_name(n_way: int, k_shot: int) -> str:
+    return f"{n_way}-way {k_shot}-shot"
+
+
+def as_dict(spec: TrainSpec) -> dict:
+    return dataclasses.asdict(spec)
+
+
+
+# ------------------------------------------------------------------------------------- pictures
+def mosaic(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Tile ``(rows, cols, 1, H, W)`` images into one ``(rows * (H + pad), cols * (W + pad))`` picture."""
+    rows, cols, _, h, w = images.shape
+    canvas = torch.zeros(rows, cols, h + pad, w + pad, dtype=torch.float32)
+    canvas[:, :, :h, :w] = images[:, :, 0].float() / (255.0 if images.dtype == torch.uint8 else 1.0)
+    return canvas.permute(0, 2, 1, 3).reshape(rows * (h + pad), cols * (w + pad))
+
+
+def class_mosaic(data: ClassDataset, n_classes: int = 8, n_instances: int = 10, seed: int = 0) -> torch.Tensor:
+    """A picture of ``n_instances`` images of each of ``n_classes`` randomly chosen classes (one row each)."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randperm(len(data), generator=g)[:n_classes]
+    return mosaic(data.images[classes, :n_instances])
+
+
+def image_stats(data: ClassDataset, max_images: int = 2000) -> dict[str, float]:
+    """The conventions that glyphs and Omniglot share, measured on up to ``max_images`` images.
+
+    Value range, background (mean of the border pixels), ink coverage (mean value), median stroke width
+    (pixels) and median extent of the character (longer side of the ink's bounding box / frame side).
+    """
+    from mtml_lib.data.glyphs import stroke_width
+
+    x = data.images.flatten(0, 1)[:: max(1, data.images.shape[0] * data.images.shape[1] // max_images)]
+    x = x[:, 0].float() / 255.0
+    ink = x > 0.5
+    rows, cols = ink.any(2), ink.any(1)
+
+    def extent(mask):
+        idx = torch.arange(mask.shape[1])
+        first = torch.where(mask, idx, mask.shape[1]).min(1).values
+        last = torch.where(mask, idx, -1).max(1).values
+        return (last - first + 1).clamp_min(0)
+
+    side = torch.maximum(extent(rows), extent(cols)).float() / x.shape[-1]
+    border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], 1)
+    return {
+        "images": len(x),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "background": round(float(border.mean()), 4),
+        "ink coverage": round(float(x.mean()), 4),
+        "stroke width (px)": round(float(stroke_width(x).median()), 3),
+        "extent (fraction of frame)": round(float(side.median()), 3),
+    }

@@ -1,0 +1,66 @@
+"""Profiles of notebook 04_few_shot_classification: N-way K-shot glyphs (and Omniglot) with ProtoNets and MAML.
+
+``full`` follows the published Omniglot settings: Conv4 with 64 filters; ProtoNets trained on 60-way
+1-shot episodes with 5 queries (Snell et al. 2017); MAML with inner step 0.4, one inner step, 32 tasks
+a meta-batch for 5-way and 0.1, five steps, 16 tasks for 20-way (Finn et al. 2017); 600 test episodes.
+The numbers of iterations are GPU-scale (hours). ``quick`` keeps the models and protocol but trains each
+learner for minutes on a CPU: Conv4 with 32 filters, the MAML family only for 5-way, briefly.
+``smoke`` only checks that the notebook runs (a few fonts, a few classes, a few iterations).
+"""
+
+from dataclasses import dataclass
+
+from mtml_lib.fewshot import TrainSpec
+
+
+@dataclass(frozen=True)
+class FewShotProfile:
+    learners: tuple[TrainSpec, ...]  # one entry per trained learner (ProtoNets serve every way)
+    fonts: tuple[str, ...] | None = None  # glyph fonts (None: every usable font of matplotlib)
+    n_per_class: int = 20  # instances per glyph class, as Omniglot's 20 drawers
+    max_classes: int | None = None  # keep at most this many classes per split (smoke)
+    eval_settings: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1))  # (n_way, k_shot) of the table
+    eval_episodes: int = 600  # test episodes per setting
+    eval_query: int = 15  # query images per class in test episodes
+    steps_max: int = 10  # accuracy versus adaptation steps: 0..steps_max inner steps
+    steps_episodes: int = 100  # episodes of that curve
+    omniglot_episodes: int = 600  # test episodes on Omniglot (when its files are present)
+    threads: int = 1  # CPU threads: one is fastest on a busy machine; raise it on an idle multi-core CPU
+
+
+def _maml_family(n_way: int, **kwargs) -> tuple[TrainSpec, ...]:
+    return tuple(TrainSpec(learner=name, n_way=n_way, **kwargs) for name in ("maml", "fomaml", "anil", "metasgd"))
+
+
+PROFILES = {
+    "smoke": FewShotProfile(
+        learners=(TrainSpec("protonet", n_way=5, iterations=4, hidden=8, norm="batchnorm", val_every=2, val_episodes=10),)
+        + _maml_family(5, iterations=2, meta_batch=2, hidden=8, val_every=2, val_episodes=10, test_steps=1),
+        fonts=("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "STIXGeneral"),
+        n_per_class=20,
+        max_classes=60,
+        eval_episodes=10,
+        eval_query=5,
+        steps_max=2,
+        steps_episodes=4,
+        omniglot_episodes=10,
+    ),
+    "quick": FewShotProfile(
+        learners=(TrainSpec("protonet", n_way=20, iterations=1500, hidden=32, norm="batchnorm", val_every=250,
+                            val_way=5, val_episodes=200),)
+        + _maml_family(5, iterations=150, meta_batch=8, hidden=32, val_every=50, val_episodes=100),
+        eval_query=5,
+        steps_episodes=100,
+        omniglot_episodes=300,
+    ),
+    "full": FewShotProfile(
+        learners=(TrainSpec("protonet", n_way=60, iterations=20000, hidden=64, norm="batchnorm", val_every=1000,
+                            val_way=5, val_episodes=600, refresh_every=2000),)
+        + _maml_family(5, iterations=60000, meta_batch=32, hidden=64, val_every=2000, val_episodes=600,
+                       refresh_every=5000)
+        + _maml_family(20, iterations=60000, meta_batch=16, hidden=64, inner_lr=0.1, inner_steps=5, test_steps=5,
+                       val_every=2000, val_episodes=600, refresh_every=5000),
+        eval_query=15,
+        steps_episodes=600,
+    ),
+}

@@ -1,0 +1,108 @@
+"""Few-shot experiment runner: specs, learners, training with validation selection, evaluation, tables."""
+
+import pytest
+import torch
+
+from mtml_lib import fewshot
+from mtml_lib.data.episodes import ClassDataset, EpisodeSampler
+from mtml_lib.meta import MetaLearner
+from mtml_lib.meta.protonet import ProtoNet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pattern_dataset(n_classes=10, n_per_class=6, seed=0, split="train") -> ClassDataset:
+    """Each class a random 16 x 16 binary pattern; instances flip a few pixels."""
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.rand(n_classes, 1, 1, 16, 16, generator=g) > 0.5).float()
+    flips = (torch.rand(n_classes, n_per_class, 1, 16, 16, generator=g) > 0.95).float()
+    images = ((base - flips).abs() * 255).to(torch.uint8)
+    return ClassDataset(images, [f"c{i}" for i in range(n_classes)], ["g"] * n_classes, split)
+
+
+def test_spec_validation_and_names():
+    assert fewshot.TrainSpec("protonet", n_way=20).name == "ProtoNet"
+    assert fewshot.TrainSpec("metasgd", n_way=5).name == "Meta-SGD 5-way"
+    assert fewshot.TrainSpec("protonet", n_way=20).serves(5)
+    assert not fewshot.TrainSpec("maml", n_way=5).serves(20)
+    with pytest.raises(ValueError, match="unknown learner 'reptil'.*'protonet'"):
+        fewshot.TrainSpec("reptil")
+    with pytest.raises(ValueError, match="TrainSpec.iterations must be an integer >= 1, got 0"):
+        fewshot.TrainSpec("maml", iterations=0)
+    with pytest.raises(ValueError, match="refresh_every"):
+        fewshot.TrainSpec("maml", refresh_every=0)
+
+
+def test_make_learner():
+    net = fewshot.make_learner(fewshot.TrainSpec("protonet", hidden=4), image_size=16)
+    assert isinstance(net, ProtoNet)
+    anil = fewshot.make_learner(fewshot.TrainSpec("anil", n_way=3, hidden=4), image_size=16)
+    assert isinstance(anil, MetaLearner) and anil.algorithm == "anil"
+    assert anil.model(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
+    assert anil.adapted_names == ["head.weight", "head.bias"]
+
+
+def test_training_keeps_the_best_validation_parameters():
+    train_data, val_data = pattern_dataset(seed=0), pattern_dataset(seed=1, split="val")
+    spec = fewshot.TrainSpec("protonet", n_way=3, k_shot=1, n_query=2, iterations=12, hidden=4, val_every=4,
+                             val_episodes=20, meta_lr=0.01)
+    result = fewshot.train(spec, train_data, val_data, seed=0)
+    assert result.iterations == [4, 8, 12] and len(result.train_loss) == 3 and len(result.val_accuracy) == 3
+    assert result.best_val_accuracy == max(result.val_accuracy)
+    assert result.best_iteration == result.iterations[result.val_accuracy.index(max(result.val_accuracy))]
+    # the learner now holds the selected parameters: re-measuring the validation episodes gives the best score
+    val_batch = EpisodeSampler(val_data, 3, 1, 2, seed=1).sample(20)
+    assert fewshot.episode_accuracy(result.learner, val_batch).mean().item() == pytest.approx(result.best_val_accuracy)
+    # same seed, same run
+    again = fewshot.train(spec, train_data, val_data, seed=0)
+    assert again.val_accuracy == result.val_accuracy and again.train_loss == result.train_loss
+
+
+def test_refresh_draws_fresh_instances():
+    rounds = []
+
+    def data(draw):
+        rounds.append(draw)
+        return pattern_dataset(seed=draw)
+
+    spec = fewshot.TrainSpec("fomaml", n_way=3, n_query=2, meta_batch=2, iterations=7, hidden=4, val_every=7,
+                             val_episodes=4, refresh_every=3)
+    fewshot.train(spec, data, pattern_dataset(seed=9), seed=0)
+    assert rounds == [0, 1, 2]
+
+
+def test_evaluate_is_paired_by_seed_and_reports_a_ci():
+    data = pattern_dataset(n_classes=8, n_per_class=6)
+    net = ProtoNet(torch.nn.Flatten())  # raw pixels: the patterns are far apart
+    r1 = fewshot.evaluate(net, data, 4, 1, 3, n_episodes=30, seed=5, chunk=7)
+    r2 = fewshot.evaluate(net, data, 4, 1, 3, n_episodes=30, seed=5)
+    assert r1["mean"] == r2["mean"] == 1.0 and r1["ci95"] == 0.0 and r1["episodes"] == 30
+    maml = fewshot.make_learner(fewshot.TrainSpec("maml", n_way=4, hidden=4, test_steps=2), image_size=16)
+    r = fewshot.evaluate(maml, data, 4, 2, 2, n_episodes=12, seed=0)
+    assert 0 <= r["mean"] <= 1 and r["ci95"] > 0
+    curve = fewshot.accuracy_vs_steps(maml, data, 4, 1, 2, max_steps=3, n_episodes=6, seed=0)
+    assert curve["steps"] == [0, 1, 2, 3] and len(curve["mean"]) == len(curve["ci95"]) == 4
+
+
+def test_tables_and_pictures():
+    table = fewshot.results_table({"A": {"5-way 1-shot": {"mean": 0.98765, "ci95": 0.0043}}, "B": {}},
+                                  ["5-way 1-shot", "20-way 1-shot"])
+    assert table.loc["A", "5-way 1-shot"] == "98.77 ± 0.43" and table.loc["B", "20-way 1-shot"] == "—"
+    assert fewshot.setting_name(20, 1) == "20-way 1-shot"
+    specs = fewshot.spec_table([fewshot.TrainSpec("protonet"), fewshot.TrainSpec("maml")])
+    assert list(specs.index) == ["ProtoNet", "MAML 5-way"] and specs.loc["ProtoNet", "inner_lr"] == "—"
+    data = pattern_dataset(n_classes=5, n_per_class=4)
+    picture = fewshot.class_mosaic(data, n_classes=3, n_instances=4)
+    assert picture.shape == (3 * 18, 4 * 18) and 0 <= picture.min() and picture.max() <= 1
+    images = torch.zeros(2, 1, 1, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0, 4:24, 10:12] = 255  # a bar 2 px wide and 20 px long, centred
+    stats = fewshot.image_stats(ClassDataset(images, ["a", "b"], ["g", "g"], "x"))
+    assert stats["background"] == 0 and stats["max"] == 1.0
+    assert stats["extent (fraction of frame)"] == pytest.approx(20 / 28, abs=1e-3)
+    assert stats["stroke width (px)"] == pytest.approx(40 / 22, abs=1e-3)
