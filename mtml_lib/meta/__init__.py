@@ -48,11 +48,15 @@ teaching, ``learner.clone()`` gives the three-line façade of :mod:`mtml_lib.met
 
 Execution paths
 ---------------
-``batched="auto"`` (default) maps one task's computation over the meta-batch with ``torch.func.vmap``;
+``batched=True`` maps one task's computation over the meta-batch with ``torch.func.vmap``;
 ``batched=False`` is the per-task Python loop with ``torch.autograd``, the reference that tests compare
-against. Both give the same meta-gradient (float64: to ~1e-15). ``vmap`` over ``nn.BatchNorm*`` gives a
-wrong second-order meta-gradient (torch 2.13), so models holding one run on the loop (``"auto"``, with a
-warning) or are refused (``batched=True``); ``mtml_lib.models.PlainBatchNorm2d`` is exact under vmap.
+against. Both give the same meta-gradient (float64: to ~1e-15). ``batched="auto"`` (default) takes vmap
+except where the loop is right or faster: ``vmap`` over ``nn.BatchNorm*`` gives a wrong second-order
+meta-gradient (torch 2.13), so models holding one run on the loop (with a warning; ``batched=True``
+refuses them; ``mtml_lib.models.PlainBatchNorm2d`` is exact under vmap), and convolutional models on the
+CPU run on the loop, which is faster there (``benchmarks/bench_maml.py``). ``learner.path`` and
+``learner.path_reason`` say what was chosen. ``compile=True`` runs the vmap meta-step under
+``torch.compile`` (several times faster for small models after a one-off compilation).
 Tiny models (the sinusoid MLP) run fastest on one CPU thread: ``torch.set_num_threads(1)``.
 
 Errors: bad settings and mismatched shapes raise ``ValueError`` naming the value; a NaN or infinite
