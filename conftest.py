@@ -8,4 +8,5 @@ import os
 import tempfile
 
 os.environ["MTML_PROFILE"] = "smoke"
+os.environ["TQDM_DISABLE"] = "1"
 os.environ["MTML_OUT"] = tempfile.mkdtemp(prefix="mtml-test-out-")

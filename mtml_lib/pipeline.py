@@ -3,7 +3,8 @@
 For each notebook, in order: inject ``profile``, ``device`` and ``seed`` into its ``parameters`` cell,
 execute it with the ``python3`` kernel of the current environment (cwd ``notebooks/``), write the executed
 copy to ``<out>/build/``, and let the notebook write ``<out>/figures/`` and ``<out>/results/`` (``MTML_OUT``
-is set for its kernel). A failing notebook is reported with its cell and error, its executed copy (with
+is set for its kernel, and ``TQDM_DISABLE`` so that no progress widgets end up in the stored outputs;
+papermill's per-cell bar shows the progress instead). A failing notebook is reported with its cell and error, its executed copy (with
 the error) is kept, and the remaining notebooks still run unless ``fail_fast``. At the end the figure
 gallery is regenerated. ``store=True`` writes a successful run back over ``notebooks/<name>.ipynb`` with
 papermill's metadata stripped, so the committed notebooks carry the outputs of a real run.
@@ -182,7 +183,8 @@ def run_notebooks(
         log(f"warning: the Jupyter kernel {KERNEL_NAME!r} does not belong to {sys.executable}; notebooks may run "
             "in another environment (remove the other 'python3' kernel spec, see `jupyter kernelspec list`)")
     results: list[NotebookResult] = []
-    with _environment(MTML_OUT=str(root)):
+    # progress bars inside the notebooks would be stored as widget state; papermill's own bar shows progress
+    with _environment(MTML_OUT=str(root), TQDM_DISABLE="1"):
         for i, path in enumerate(paths, 1):
             name = path.stem
             output = build / path.name
