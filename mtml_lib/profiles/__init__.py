@@ -12,4 +12,5 @@ NOTEBOOK_PROFILES: dict[str, str] = {
     "02_multitask_cls_seg": "cls_seg",
     "03_maml_sinusoid": "maml_sinusoid",
     "04_few_shot_classification": "few_shot",
+    "05_knowledge_transfer": "transfer",
 }
