@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -281,7 +282,8 @@ def results_table(curves: Curves, k: int) -> "pd.DataFrame":
         for method in curves.mse[family]:
             mean, ci, diverged = curves.summary(family, method)
             text = f"{mean[i]:.3f} ± {ci[i]:.3f}"
-            column[METHODS[method]] = text + (f" ({diverged[i]:.0%} diverged)" if diverged[i] > 0 else "")
+            n_diverged = round(float(diverged[i]) * curves.mse[family][method].shape[-1])
+            column[METHODS[method]] = text + (f" ({n_diverged} diverged)" if n_diverged else "")
         table[family] = column
     return pd.DataFrame(table)
 
@@ -325,6 +327,7 @@ def plot_curves(curves: Curves) -> plt.Figure:
                         color=COLORS[method], label=METHODS[method])
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(curves.k_shots, [str(k) for k in curves.k_shots])
         ax.set_xlabel("examples of the new task K")
         ax.set_title(TEST_FAMILIES[family][0], fontsize="small")

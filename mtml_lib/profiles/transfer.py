@@ -16,7 +16,7 @@ class TransferProfile:
     n_test_tasks: int  # new tasks per family and support size
     n_val_tasks: int = 100  # validation tasks (training family) that choose step sizes and ridge penalties
     mt_points: int = 20  # examples per training task of the multi-task trunk
-    k_shots: tuple[int, ...] = (2, 5, 10, 20, 40)  # support sizes of the new tasks
+    k_shots: tuple[int, ...] = (5, 10, 20, 40)  # support sizes of the new tasks (K of Finn et al.'s figures and more)
     n_query: int = 100  # query points per new task (its MSE is measured on them)
     adapt_steps: int = 10  # gradient steps every gradient-based method gets on a new task
     select_k: int = 10  # support size of the validation tasks
@@ -37,7 +37,7 @@ class TransferProfile:
 
 PROFILES = {
     "smoke": TransferProfile(n_iterations=30, mt_tasks=10, mt_epochs=30, n_test_tasks=20, n_val_tasks=20,
-                             k_shots=(2, 10), log_every=10),
+                             k_shots=(5, 10), log_every=10),
     "quick": TransferProfile(n_iterations=3000, mt_tasks=100, mt_epochs=1500, n_test_tasks=300),
     "full": TransferProfile(n_iterations=70000, mt_tasks=1000, mt_epochs=5000, n_test_tasks=600, log_every=500,
                             compile=True),
