@@ -1,0 +1,497 @@
+"""The experiment of notebook 02: one shared CNN for image classification, segmentation and depth, against
+single-task networks, under every loss-weighting strategy.
+
+Protocol, in the order the code follows it:
+
+1. **Data**: the shape scenes of :mod:`mtml_lib.data.shapes`, with fixed train/validation/test splits
+   (``data_seed``); the training seeds vary the initialisation, the batch order and the random strategies.
+2. **Single-task baselines** (``"stl"``): for each task, the same encoder and the same head as in the
+   multi-task model, trained alone; the epoch is selected on validation by the task's first metric.
+3. **Multi-task models**, one per strategy: shared encoder, three heads, trained with
+   :class:`~mtml_lib.mtl.trainer.MultiTaskTrainer`; the epoch is selected by the validation Δm% against
+   the single-task validation metrics of the same seed (the quantity the table reports).
+4. **Test**: every selected model is evaluated once on the test split; Δm% is computed per seed against
+   that seed's single-task test metrics, then averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from mtml_lib import metrics as M
+from mtml_lib.data import shapes
+from mtml_lib.models.cnn import ClassifierHead, DenseDecoder, Encoder
+from mtml_lib.models.multitask import MultiTaskModel, Task, mse_loss
+from mtml_lib.mtl.trainer import History, MultiTaskTrainer
+from mtml_lib.mtl.weighting import WEIGHTINGS, Weighting, get_weighting
+
+TASKS: tuple[str, ...] = ("cls", "seg", "depth")
+KINDS: dict[str, str] = {"cls": "classification", "seg": "segmentation", "depth": "depth"}
+#: the metrics of each task that enter Δm% (the first one selects single-task epochs)
+TASK_METRICS: dict[str, tuple[str, ...]] = {"cls": ("accuracy", "f1"), "seg": ("miou", "pixel_acc"),
+                                            "depth": ("abs_err", "rel_err")}
+HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "f1": True, "precision": True, "recall": True,
+                                     "miou": True, "pixel_acc": True, "abs_err": False, "rmse": False,
+                                     "rel_err": False}
+#: strategies compared in the notebook, in table order
+STRATEGIES: tuple[str, ...] = ("ew", "uw", "dwa", "rlw", "gradnorm", "pcgrad", "mgda", "cagrad")
+STL = "stl"
+#: initial output of the depth head: most pixels are background, at depth shapes.BACKGROUND_DEPTH
+DEPTH_INIT = shapes.BACKGROUND_DEPTH
+
+
+# ----------------------------------------------------------------------------------------------- model
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise cross-entropy ``(B, C, H, W)`` vs ``(B, H, W)``; pixels marked ``IGNORE_INDEX`` are left out
+    (as in :class:`mtml_lib.metrics.ConfusionMatrix`)."""
+    if logits.dim() != 4 or masks.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"segmentation loss: logits {tuple(logits.shape)} need masks (B, H, W) = "
+                         f"{(logits.shape[0], *logits.shape[2:])}, got {tuple(masks.shape)}")
+    return F.cross_entropy(logits, masks, ignore_index=shapes.IGNORE_INDEX)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"classification loss: logits {tuple(logits.shape)} need labels ({logits.shape[0]},), "
+                         f"got {tuple(labels.shape)}")
+    return F.cross_entropy(logits, labels)
+
+
+def make_task(name: str, widths: Sequence[int], cfg: shapes.ShapesConfig | None = None) -> Task:
+    """The :class:`Task` ``"cls"`` (CE), ``"seg"`` (CE with ignore index) or ``"depth"`` (MSE)."""
+    cfg = cfg or shapes.ShapesConfig()
+    widths = tuple(widths)
+    if name == "cls":
+        return Task("cls", lambda: ClassifierHead(widths[-1], cfg.n_classes), classification_loss, KINDS["cls"],
+                    (cfg.n_classes,))
+    if name == "seg":
+        return Task("seg", lambda: DenseDecoder(widths, cfg.n_mask_classes), segmentation_loss, KINDS["seg"],
+                    (cfg.n_mask_classes, cfg.image_size, cfg.image_size))
+    if name == "depth":
+        return Task("depth", lambda: DenseDecoder(widths, 1, squeeze=True, bias=DEPTH_INIT), mse_loss, KINDS["depth"],
+                    (cfg.image_size, cfg.image_size))
+    raise ValueError(f"unknown task {name!r}; valid tasks: {list(TASKS)}")
+
+
+def build_model(tasks: Sequence[str] = TASKS, widths: Sequence[int] = (16, 32, 64),
+                cfg: shapes.ShapesConfig | None = None, seed: int | None = None) -> MultiTaskModel:
+    """Shared :class:`Encoder` and one head per task; a single task gives the single-task network of the
+    same size. ``seed`` fixes the initialisation."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return MultiTaskModel(Encoder(3, widths), [make_task(t, widths, cfg) for t in tasks])
+
+
+def make_strategy(name: str, tasks: Sequence[str], steps_per_epoch: int = 1, seed: int = 0) -> Weighting:
+    """The strategy ``name`` for ``tasks`` with the options it needs (task kinds, epoch length, seed)."""
+    if name not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting strategy {name!r}; valid strategies: {sorted(WEIGHTINGS)}")
+    options: dict[str, Any] = {
+        "uw": {"kinds": [KINDS[t] for t in tasks]},
+        "dwa": {"steps_per_epoch": steps_per_epoch},
+        "rlw": {"seed": seed},
+        "pcgrad": {"seed": seed},
+    }.get(name, {})
+    return get_weighting(name, len(tasks), **options)
+
+
+# ------------------------------------------------------------------------------------------------ data
+class Batches:
+    """Re-iterable mini-batches ``(images, {task: target})`` of a split, reshuffled every epoch from its own
+    generator (``seed``), so runs repeat exactly."""
+
+    def __init__(self, split: shapes.ShapesSplit, tasks: Sequence[str], batch_size: int, shuffle: bool = True,
+                 seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.split, self.tasks, self.batch_size, self.shuffle = split, list(tasks), batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        n = len(self.split)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            targets = self.split.targets(idx)
+            yield self.split.images[idx], {t: targets[t] for t in self.tasks}
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(model: MultiTaskModel, split: shapes.ShapesSplit, tasks: Sequence[str] | None = None,
+             batch_size: int = 256) -> dict[str, dict[str, float]]:
+    """Metrics of every task over the whole split: ``{"cls": {accuracy, precision, recall, f1},
+    "seg": {miou, pixel_acc}, "depth": {abs_err, rmse, rel_err}}`` (see :mod:`mtml_lib.metrics`)."""
+    tasks = list(model.task_names if tasks is None else tasks)
+    device = next(model.parameters()).device
+    n_classes = len(shapes.CATEGORIES)
+    was_training = model.training
+    model.eval()
+    labels, predicted = [], []
+    confusion = M.ConfusionMatrix(n_classes + 1, ignore_index=shapes.IGNORE_INDEX)
+    depth = M.DepthErrors()
+    try:
+        for images, targets in Batches(split, tasks, batch_size, shuffle=False):
+            out = model(images.to(device), task=tasks)
+            if "cls" in out:
+                labels.append(targets["cls"])
+                predicted.append(out["cls"].argmax(1).cpu())
+            if "seg" in out:
+                confusion.update(targets["seg"], out["seg"].argmax(1).cpu())
+            if "depth" in out:
+                depth.update(targets["depth"], out["depth"].cpu())
+    finally:
+        model.train(was_training)
+    result: dict[str, dict[str, float]] = {}
+    if "cls" in tasks:
+        result["cls"] = M.classification_metrics(torch.cat(labels), torch.cat(predicted), n_classes)
+    if "seg" in tasks:
+        result["seg"] = {"miou": confusion.miou(), "pixel_acc": confusion.pixel_accuracy()}
+    if "depth" in tasks:
+        result["depth"] = depth.compute()
+    return result
+
+
+def delta_m(task_metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]]) -> tuple[float, dict[str, float]]:
+    """Δm% of ``task_metrics`` against ``baseline`` over the metrics in :data:`TASK_METRICS`."""
+    chosen = {t: {m: task_metrics[t][m] for m in TASK_METRICS[t]} for t in task_metrics}
+    return M.delta_m(chosen, baseline, HIGHER_IS_BETTER)
+
+
+def _flat(task_metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{t}/{m}": v for t, values in task_metrics.items() for m, v in values.items()}
+
+
+# ---------------------------------------------------------------------------------------------- runs
+@dataclass
+class RunResult:
+    """One trained model: ``method`` is a strategy name or ``"stl"`` (then ``tasks`` has one task)."""
+
+    method: str
+    seed: int
+    tasks: list[str]
+    val: dict[str, dict[str, float]]
+    test: dict[str, dict[str, float]]
+    history: History
+    best_epoch: int | None
+    wall_time_s: float
+    model: MultiTaskModel | None = field(default=None, repr=False)
+
+
+def train_run(method: str, tasks: Sequence[str], data: dict[str, shapes.ShapesSplit], settings: Any, seed: int,
+              baseline_val: dict[str, dict[str, float]] | None = None, keep_model: bool = False,
+              device: torch.device | str = "cpu") -> RunResult:
+    """Train one model and evaluate it on validation (selected epoch) and test.
+
+    ``method``: ``"stl"`` (``tasks`` must then be one task) or a strategy name. ``settings`` needs
+    ``widths``, ``epochs``, ``batch_size``, ``lr``, ``image_size``. Multi-task runs need ``baseline_val``
+    (the single-task validation metrics of the same seed) for model selection.
+    """
+    tasks = list(tasks)
+    if method == STL and len(tasks) != 1:
+        raise ValueError(f"a single-task run trains one task, got {tasks}")
+    if method != STL and baseline_val is None:
+        raise ValueError("multi-task runs select their epoch by validation Δm%: pass baseline_val")
+    cfg = shapes.ShapesConfig(image_size=settings.image_size)
+    model = build_model(tasks, settings.widths, cfg, seed=seed).to(device)
+    batches = Batches(data["train"], tasks, settings.batch_size, seed=seed)
+    strategy = make_strategy("ew" if method == STL else method, tasks, len(batches), seed)
+    for p in strategy.parameters():
+        p.data = p.data.to(device)
+
+    if method == STL:
+        metric = TASK_METRICS[tasks[0]][0]
+        monitor, mode = f"{tasks[0]}/{metric}", "max" if HIGHER_IS_BETTER[metric] else "min"
+
+        def validate(m: MultiTaskModel) -> dict[str, float]:
+            return _flat(evaluate(m, data["val"], tasks))
+    else:
+        monitor, mode = "delta_m", "max"
+
+        def validate(m: MultiTaskModel) -> dict[str, float]:
+            values = evaluate(m, data["val"], tasks)
+            return {**_flat(values), "delta_m": delta_m(values, baseline_val)[0]}
+
+    t0 = time.perf_counter()
+    trainer = MultiTaskTrainer(model, strategy, optimizer="adam", lr=settings.lr, schedule="cosine",
+                               progress=False, desc=f"{method} seed {seed}")
+    history = trainer.fit(batches, settings.epochs, validate=validate, monitor=monitor, mode=mode)
+    val = evaluate(model, data["val"], tasks)
+    test = evaluate(model, data["test"], tasks)
+    return RunResult(method, seed, tasks, val, test, history, history.best_epoch, time.perf_counter() - t0,
+                     model if keep_model else None)
+
+
+def load_data(settings: Any) -> dict[str, shapes.ShapesSplit]:
+    """The fixed splits of the profile (``n_train``, ``n_val``, ``n_test``, ``image_size``, ``data_seed``)."""
+    cfg = shapes.ShapesConfig(image_size=settings.image_size)
+    sizes = {"train": settings.n_train, "val": settings.n_val, "test": settings.n_test}
+    return shapes.make_splits(sizes, settings.data_seed, cfg)
+
+
+@dataclass
+class Study:
+    """All runs of :func:`run_study`: ``runs[(method, seed)]`` (single-task runs under ``("stl:<task>", seed)``)."""
+
+    runs: dict[tuple[str, int], RunResult]
+    seeds: list[int]
+    strategies: list[str]
+    tasks: list[str]
+
+    def stl_metrics(self, seed: int, split: str = "test") -> dict[str, dict[str, float]]:
+        return {t: getattr(self.runs[(f"{STL}:{t}", seed)], split)[t] for t in self.tasks}
+
+    def test_metrics(self, method: str, seed: int) -> dict[str, dict[str, float]]:
+        return self.stl_metrics(seed) if method == STL else self.runs[(method, seed)].test
+
+
+def run_study(settings: Any, data: dict[str, shapes.ShapesSplit] | None = None,
+              on_run: Callable[[RunResult], None] | None = None, device: torch.device | str = "cpu",
+              keep_models: bool = False) -> Study:
+    """Single-task baselines and every strategy of ``settings.strategies`` over ``settings.seeds``;
+    ``on_run`` is called after each run (progress), ``keep_models`` keeps the trained models in the runs."""
+    data = data if data is not None else load_data(settings)
+    tasks, strategies = list(TASKS), list(settings.strategies)
+    for name in strategies:
+        if name not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting strategy {name!r}; valid strategies: {sorted(WEIGHTINGS)}")
+    runs: dict[tuple[str, int], RunResult] = {}
+    for seed in settings.seeds:
+        for task in tasks:
+            run = train_run(STL, [task], data, settings, seed, keep_model=keep_models, device=device)
+            runs[(f"{STL}:{task}", seed)] = run
+            if on_run:
+                on_run(run)
+        baseline_val = {t: {m: runs[(f"{STL}:{t}", seed)].val[t][m] for m in TASK_METRICS[t]} for t in tasks}
+        for name in strategies:
+            run = train_run(name, tasks, data, settings, seed, baseline_val, keep_model=keep_models, device=device)
+            runs[(name, seed)] = run
+            if on_run:
+                on_run(run)
+    return Study(runs, list(settings.seeds), strategies, tasks)
+
+
+def results_frame(study: Study) -> pd.DataFrame:
+    """One row per (method, seed): test metrics of every task, Δm% (per task and overall) against the
+    single-task networks of the same seed, the selected epoch and the training time (``time_s``; for
+    ``"stl"`` the sum over the single-task networks)."""
+    rows = []
+    for method in [STL, *study.strategies]:
+        for seed in study.seeds:
+            test = study.test_metrics(method, seed)
+            overall, per_task = delta_m(test, study.stl_metrics(seed))
+            row: dict[str, Any] = {"method": method, "seed": seed, **_flat(test), "delta_m": overall}
+            row.update({f"delta_m/{t}": v for t, v in per_task.items()})
+            if method == STL:
+                runs = [study.runs[(f"{STL}:{t}", seed)] for t in study.tasks]
+                row["best_epoch"] = None
+            else:
+                runs = [study.runs[(method, seed)]]
+                row["best_epoch"] = runs[0].best_epoch + 1 if runs[0].best_epoch is not None else None
+            row["time_s"] = sum(r.wall_time_s for r in runs)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(frame: pd.DataFrame, columns: Sequence[str] | None = None, percent: bool = True) -> pd.DataFrame:
+    """``mean ± std`` over seeds per method (rows in the frame's order). Metrics in [0, 1] are shown in
+    percent; Δm% columns are already percentages."""
+    columns = list(columns) if columns is not None else [c for c in frame.columns if c not in ("method", "seed")]
+    out = {}
+    for method, group in frame.groupby("method", sort=False):
+        cells = {}
+        for column in columns:
+            mean, std = M.mean_std(group[column])
+            scale = 100.0 if percent and column.split("/")[-1] in ("accuracy", "f1", "precision", "recall", "miou", "pixel_acc", "rel_err") else 1.0
+            digits = 3 if column.startswith("depth/") and scale == 1.0 else 1
+            cells[column] = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+        out[method] = cells
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def curves_frame(study: Study) -> pd.DataFrame:
+    """Long table of per-epoch training losses and validation metrics: ``method, seed, epoch, task,
+    train_loss`` and the validation metrics of that task."""
+    rows = []
+    for (key, seed), run in study.runs.items():
+        method = STL if key.startswith(STL) else key
+        val_by_epoch = {v["epoch"]: v for v in run.history.val}
+        for task in run.tasks:
+            for epoch, loss in enumerate(run.history.task_losses[task]):
+                row = {"method": method, "seed": seed, "epoch": epoch + 1, "task": task, "train_loss": loss}
+                for metric in TASK_METRICS[task]:
+                    row[f"val_{metric}"] = val_by_epoch.get(epoch, {}).get(f"{task}/{metric}")
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------------------- figures
+#: colours of the mask classes: background, then one per category; ignored pixels are drawn white
+MASK_COLOURS = ("#d9d9d9", "#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc")
+
+
+def mask_image(mask: torch.Tensor) -> torch.Tensor:
+    """An RGB picture ``(H, W, 3)`` of a mask ``(H, W)`` in :data:`MASK_COLOURS` (ignored pixels white)."""
+    from matplotlib.colors import to_rgb
+
+    palette = torch.tensor([to_rgb(c) for c in MASK_COLOURS] + [(1.0, 1.0, 1.0)])
+    index = torch.where(mask == shapes.IGNORE_INDEX, len(MASK_COLOURS), mask).long()
+    return palette[index]
+
+
+def plot_scenes(split: shapes.ShapesSplit, n: int, predictions: dict[str, dict[str, torch.Tensor]] | None = None):
+    """A grid with one column per image: the image (titled with its label), its mask and depth map, and
+    optionally rows of predicted masks/depths (``{row title: {"seg": (n, H, W), "depth": (n, H, W)}}``)."""
+    import matplotlib.pyplot as plt
+
+    rows: list[tuple[str, Callable[[int], tuple[Any, dict]]]] = [
+        ("image", lambda i: (split.images[i].permute(1, 2, 0), {})),
+        ("mask", lambda i: (mask_image(split.masks[i]), {})),
+        ("depth", lambda i: (split.depth[i], {"cmap": "viridis_r", "vmin": 1.0, "vmax": shapes.BACKGROUND_DEPTH})),
+    ]
+    for title, pred in (predictions or {}).items():
+        if "seg" in pred:
+            rows.append((f"{title}\nmask", lambda i, p=pred: (mask_image(p["seg"][i]), {})))
+        if "depth" in pred:
+            rows.append((f"{title}\ndepth", lambda i, p=pred: (p["depth"][i], {"cmap": "viridis_r", "vmin": 1.0,
+                                                                                 "vmax": shapes.BACKGROUND_DEPTH})))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.45 * n + 0.8, 1.45 * len(rows)), squeeze=False)
+    for r, (title, picture) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            data, style = picture(i)
+            ax.imshow(data, interpolation="nearest", **style)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if r == 0:
+                ax.set_title(shapes.CATEGORIES[int(split.labels[i])], fontsize="small")
+        axes[r, 0].set_ylabel(title, fontsize="small")
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+@torch.no_grad()
+def predictions(study: Study, split: shapes.ShapesSplit, methods: Sequence[str], seed: int, n: int
+                ) -> dict[str, dict[str, torch.Tensor]]:
+    """Predicted masks and depth maps of the first ``n`` images of ``split`` by each method's model
+    (``"stl"``: the single-task segmentation and depth networks). Needs runs kept with their models."""
+    images = split.images[:n]
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for method in methods:
+        found = {}
+        for task in ("seg", "depth"):
+            key = (f"{STL}:{task}", seed) if method == STL else (method, seed)
+            model = study.runs[key].model
+            if model is None:
+                raise ValueError(f"run {key} kept no model: call run_study(..., keep_models=True)")
+            model.eval()
+            device = next(model.parameters()).device
+            pred = model(images.to(device), task=task).cpu()
+            found[task] = pred.argmax(1) if task == "seg" else pred
+        out[method] = found
+    return out
+
+
+def _method_colours(methods: Sequence[str]) -> dict[str, Any]:
+    import seaborn as sns
+
+    palette = sns.color_palette("colorblind", len(methods))
+    return {m: ("black" if m == STL else palette[i]) for i, m in enumerate(methods)}
+
+
+def plot_curves(study: Study):
+    """Training loss (top) and validation metric (bottom) per task and epoch, mean over seeds; single-task
+    networks dashed black."""
+    import matplotlib.pyplot as plt
+
+    frame = curves_frame(study)
+    methods = [STL, *study.strategies]
+    colours = _method_colours(methods)
+    fig, axes = plt.subplots(2, len(study.tasks), figsize=(4.0 * len(study.tasks), 6.0), squeeze=False)
+    for j, task in enumerate(study.tasks):
+        metric = TASK_METRICS[task][0]
+        part = frame[frame.task == task].groupby(["method", "epoch"], sort=False).mean(numeric_only=True).reset_index()
+        for method in methods:
+            rows = part[part.method == method]
+            style = {"color": colours[method], "ls": "--" if method == STL else "-", "lw": 1.8 if method == STL else 1.2}
+            axes[0, j].plot(rows.epoch, rows.train_loss, label=method, **style)
+            axes[1, j].plot(rows.epoch, rows[f"val_{metric}"], **style)
+        axes[0, j].set(title=f"{task}: training loss", yscale="log", xlabel="epoch")
+        axes[1, j].set(title=f"{task}: validation {metric}", xlabel="epoch")
+    axes[0, 0].legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def uw_weights_frame(study: Study) -> pd.DataFrame:
+    """Per epoch and task, UW's effective weight c e^{-s} and σ² = e^{s} (mean over seeds)."""
+    rows = []
+    for (method, seed), run in study.runs.items():
+        if method != "uw":
+            continue
+        factors = {"classification": 1.0, "segmentation": 1.0, "depth": 0.5}
+        for epoch, weights in enumerate(run.history.weights):
+            for task, w in zip(run.tasks, weights):
+                c = factors[KINDS[task]]
+                rows.append({"seed": seed, "epoch": epoch + 1, "task": task, "weight": w, "sigma2": c / w})
+    if not rows:
+        raise ValueError("the study has no uncertainty-weighting ('uw') runs")
+    return pd.DataFrame(rows).groupby(["task", "epoch"], sort=False).mean(numeric_only=True).reset_index()
+
+
+def plot_uw_weights(study: Study):
+    """UW's learned weights c e^{-s_i} per task over the epochs (log scale), next to the training losses."""
+    import matplotlib.pyplot as plt
+
+    frame = uw_weights_frame(study)
+    losses = curves_frame(study)
+    losses = losses[losses.method == "uw"].groupby(["task", "epoch"], sort=False).mean(numeric_only=True).reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    for task in study.tasks:
+        part = frame[frame.task == task]
+        axes[0].plot(part.epoch, part.weight, marker="o", ms=3, label=f"{task} ({KINDS[task]})")
+        part = losses[losses.task == task]
+        axes[1].plot(part.epoch, part.train_loss, marker="o", ms=3, label=task)
+    axes[0].set(title="UW: learned task weight c·exp(-s)", xlabel="epoch", yscale="log")
+    axes[1].set(title="UW: training loss per task", xlabel="epoch", yscale="log")
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_toy_directions(grads: torch.Tensor, c: float = 0.4):
+    """The update of EW, PCGrad, MGDA and CAGrad for two 2-D task gradients (all on the EW scale)."""
+    import matplotlib.pyplot as plt
+
+    from mtml_lib.mtl.weighting.cagrad import cagrad_direction
+    from mtml_lib.mtl.weighting.mgda import mgda_direction
+    from mtml_lib.mtl.weighting.pcgrad import pcgrad
+
+    n = grads.shape[0]
+    directions = {"EW": grads.sum(0), "PCGrad": pcgrad(grads), "MGDA": n * mgda_direction(grads)[0],
+                  "CAGrad": n * cagrad_direction(grads, c)[0]}
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    for i, g in enumerate(grads):
+        ax.annotate("", xy=g.tolist(), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": "grey", "lw": 1.5})
+        ax.text(float(g[0]) * 1.05, float(g[1]) * 1.05, f"$g_{i + 1}$", color="grey")
+    colours = _method_colours(list(directions))
+    for name, d in directions.items():
+        ax.annotate("", xy=d.tolist(), xytext=(0, 0), arrowprops={"arrowstyle": "-|>", "color": colours[name], "lw": 2})
+        ax.plot([], [], color=colours[name], lw=2, label=name)
+    points = torch.cat([grads, torch.stack(list(directions.values()))])
+    lo, hi = points.min(0).values.clamp(max=0) - 0.3, points.max(0).values.clamp(min=0) + 0.3
+    ax.set(xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])), aspect="equal")
+    ax.legend(fontsize="small", loc="lower left")
+    fig.tight_layout()
+    return fig, directions

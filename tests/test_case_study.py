@@ -1,0 +1,176 @@
+"""The case study of notebook 02: models, losses, batches, evaluation, selection protocol, profiles."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mtml_lib import metrics as M
+from mtml_lib.data import shapes
+from mtml_lib.models.cnn import count_parameters
+from mtml_lib.mtl import case_study as cs
+from mtml_lib.mtl.trainer import MultiTaskTrainer
+from mtml_lib.mtl.weighting import WEIGHTINGS
+from mtml_lib.profiles.cls_seg import PROFILES
+
+CFG = shapes.ShapesConfig(image_size=16)
+WIDTHS = (4, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTML_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny convolutions: one thread is as fast, and far faster when other processes share the cores
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return {name: shapes.make_split(n, seed=0, split=name, cfg=CFG, cache=False)
+            for name, n in (("train", 48), ("val", 24), ("test", 24))}
+
+
+SMOKE = dataclasses.replace(PROFILES["smoke"], n_train=48, n_val=24, n_test=24, epochs=2, batch_size=16)
+
+
+def test_model_outputs_and_single_task_networks_of_the_same_size():
+    model = cs.build_model(cs.TASKS, WIDTHS, CFG, seed=0)
+    out = model(torch.rand(2, 3, 16, 16))
+    assert out["cls"].shape == (2, len(shapes.CATEGORIES))
+    assert out["seg"].shape == (2, len(shapes.CATEGORIES) + 1, 16, 16)
+    assert out["depth"].shape == (2, 16, 16)
+    for task in cs.TASKS:
+        single = cs.build_model([task], WIDTHS, CFG, seed=0)
+        assert count_parameters(single.shared) == count_parameters(model.shared)
+        assert count_parameters(single.heads[task]) == count_parameters(model.heads[task])
+    # the depth head starts at the background depth, where most pixels are
+    assert torch.allclose(out["depth"].mean(), torch.tensor(cs.DEPTH_INIT), atol=0.5)
+
+
+def test_segmentation_loss_ignores_the_ignore_index_and_checks_shapes():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 4, 4)
+    masks = torch.randint(0, 6, (2, 4, 4))
+    masks[:, 0] = shapes.IGNORE_INDEX
+    keep = masks != shapes.IGNORE_INDEX
+    expected = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[keep], masks[keep])
+    assert cs.segmentation_loss(logits, masks).item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"need masks \(B, H, W\) = \(2, 4, 4\), got \(2, 5, 5\)"):
+        cs.segmentation_loss(logits, torch.zeros(2, 5, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="need labels"):
+        cs.classification_loss(torch.randn(3, 5), torch.zeros(2, dtype=torch.long))
+
+
+def test_strategies_get_their_options_and_bad_names_raise():
+    uw = cs.make_strategy("uw", cs.TASKS)
+    assert uw.factors.tolist() == [1.0, 1.0, 0.5]  # classification, segmentation, depth (regression)
+    assert cs.make_strategy("dwa", cs.TASKS, steps_per_epoch=7).steps_per_epoch == 7
+    with pytest.raises(ValueError, match=r"unknown weighting strategy 'nash'; valid strategies"):
+        cs.make_strategy("nash", cs.TASKS)
+    with pytest.raises(ValueError, match="unknown task 'normals'"):
+        cs.make_task("normals", WIDTHS)
+    bad = dataclasses.replace(SMOKE, strategies=("ew", "nash"))
+    with pytest.raises(ValueError, match="unknown weighting strategy 'nash'"):
+        cs.run_study(bad, {"train": None, "val": None, "test": None})
+
+
+def test_batches_cover_the_split_once_per_epoch_and_repeat_by_seed(tiny_data):
+    batches = cs.Batches(tiny_data["train"], ["cls", "seg"], batch_size=20, seed=3)
+    assert len(batches) == 3
+    epoch = [labels for _, targets in batches for labels in [targets["cls"]]]
+    assert sum(len(b) for b in epoch) == 48
+    images = torch.cat([x for x, _ in cs.Batches(tiny_data["train"], ["cls"], 20, seed=3)])
+    assert torch.equal(images.sort(0).values, tiny_data["train"].images.sort(0).values)
+    first = [x for x, _ in cs.Batches(tiny_data["train"], ["cls"], 20, seed=3)]
+    again = [x for x, _ in cs.Batches(tiny_data["train"], ["cls"], 20, seed=3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    two_epochs = cs.Batches(tiny_data["train"], ["cls"], 48, seed=3)
+    a, b = (x for x, _ in list(two_epochs) + list(two_epochs))
+    assert not torch.equal(a, b)  # reshuffled
+
+
+def test_evaluate_accumulates_over_the_whole_split(tiny_data):
+    model = cs.build_model(cs.TASKS, WIDTHS, CFG, seed=1)
+    split = tiny_data["val"]
+    result = cs.evaluate(model, split, batch_size=5)  # five batches, the last one short
+    model.eval()
+    with torch.no_grad():
+        out = model(split.images)
+    cm = M.confusion_matrix(split.masks, out["seg"], len(shapes.CATEGORIES) + 1, ignore_index=shapes.IGNORE_INDEX)
+    assert result["seg"]["miou"] == pytest.approx(M.mean_iou(cm))
+    assert result["seg"]["pixel_acc"] == pytest.approx(M.pixel_accuracy(cm))
+    assert result["cls"]["accuracy"] == pytest.approx(M.accuracy(split.labels, out["cls"]))
+    assert result["depth"]["abs_err"] == pytest.approx(float((out["depth"] - split.depth).abs().mean()), rel=1e-5)
+
+
+def test_model_selection_never_sees_the_test_split(tiny_data, monkeypatch):
+    calls = []
+    fitting = {"now": False}
+    original_fit, original_evaluate = MultiTaskTrainer.fit, cs.evaluate
+
+    def fit(self, *args, **kwargs):
+        fitting["now"] = True
+        try:
+            return original_fit(self, *args, **kwargs)
+        finally:
+            fitting["now"] = False
+
+    def evaluate(model, split, *args, **kwargs):
+        calls.append((fitting["now"], split is tiny_data["test"]))
+        return original_evaluate(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(MultiTaskTrainer, "fit", fit)
+    monkeypatch.setattr(cs, "evaluate", evaluate)
+    stl = cs.train_run(cs.STL, ["seg"], tiny_data, SMOKE, seed=0)
+    baseline = {"seg": {m: stl.val["seg"][m] for m in cs.TASK_METRICS["seg"]}}
+    cs.train_run("pcgrad", ["seg"], tiny_data, SMOKE, seed=0, baseline_val=baseline)
+    assert any(during for during, _ in calls)
+    assert not any(during and on_test for during, on_test in calls)
+    assert sum(on_test for _, on_test in calls) == 2  # each model is tested once, after training
+    with pytest.raises(ValueError, match="pass baseline_val"):
+        cs.train_run("ew", ["seg"], tiny_data, SMOKE, seed=0)
+    with pytest.raises(ValueError, match="trains one task"):
+        cs.train_run(cs.STL, ["cls", "seg"], tiny_data, SMOKE, seed=0)
+
+
+def test_the_study_runs_every_strategy_and_repeats_by_seed(tiny_data):
+    study = cs.run_study(SMOKE, tiny_data, keep_models=True)
+    frame = cs.results_frame(study)
+    assert list(frame.method) == [cs.STL, *cs.STRATEGIES]
+    assert (frame[frame.method == cs.STL].delta_m == 0).all()
+    for column in ("cls/accuracy", "cls/f1", "seg/miou", "seg/pixel_acc", "depth/abs_err", "delta_m", "time_s"):
+        assert frame[column].notna().all()
+    table = cs.summary_table(frame, ["cls/accuracy", "seg/miou", "depth/abs_err", "delta_m"])
+    assert list(table.index) == [cs.STL, *cs.STRATEGIES] and " ± " in table.loc["ew", "seg/miou"]
+    for key, run in study.runs.items():
+        assert run.best_epoch in (0, 1) and len(run.history.val) == 2, key
+    uw = cs.uw_weights_frame(study)
+    assert set(uw.task) == set(cs.TASKS) and (uw.weight > 0).all()
+    curves = cs.curves_frame(study)
+    assert set(curves.method) == {cs.STL, *cs.STRATEGIES} and curves.epoch.max() == 2
+    panel = cs.predictions(study, tiny_data["test"], [cs.STL, "ew"], seed=0, n=3)
+    assert panel["ew"]["seg"].shape == (3, 16, 16) and panel[cs.STL]["depth"].shape == (3, 16, 16)
+    again = cs.train_run("rlw", list(cs.TASKS), tiny_data, SMOKE, seed=0,
+                         baseline_val={t: study.runs[(f"stl:{t}", 0)].val[t] for t in cs.TASKS})
+    assert again.test == study.runs[("rlw", 0)].test  # same seed, same numbers
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_profiles_are_consistent(name):
+    s = PROFILES[name]
+    assert s.image_size % 2 ** (len(s.widths) - 1) == 0
+    assert set(s.strategies) <= set(WEIGHTINGS) and s.seeds
+    model = cs.build_model(cs.TASKS, s.widths, shapes.ShapesConfig(image_size=s.image_size), seed=0)
+    out = model(torch.rand(2, 3, s.image_size, s.image_size))
+    assert out["seg"].shape[-2:] == (s.image_size, s.image_size)
+    if name == "full":
+        assert len(s.seeds) >= 3 and set(s.strategies) == set(cs.STRATEGIES)
