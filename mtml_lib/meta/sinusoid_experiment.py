@@ -178,3 +178,21 @@ def plot_mse_vs_steps(curves_by_k: dict[int, dict[str, torch.Tensor]]) -> plt.Fi
     axes[0, 0].legend()
     fig.tight_layout()
     return fig
+
+
+def head_step_curvature(learner: MetaLearner, batch: TaskBatch) -> torch.Tensor:
+    """``α · λ_max`` per task ``(T,)``: the inner step size times the largest curvature of the support MSE
+    as a function of the last linear layer (its Hessian is ``2/K Σ h hᵀ`` over the features ``h`` of the K
+    support points, with a 1 appended for the bias). Gradient descent on that quadratic converges only
+    when ``α · λ_max < 2``; about 1 means one step is close to a Newton step along that direction.
+
+    Needs an ``nn.Sequential`` model ending in ``nn.Linear`` (the sinusoid MLP).
+    """
+    model = learner.model
+    if not isinstance(model, torch.nn.Sequential) or not isinstance(model[-1], torch.nn.Linear):
+        raise ValueError(f"head_step_curvature needs an nn.Sequential ending in nn.Linear, got {type(model).__name__}")
+    with torch.no_grad():
+        h = torch.nn.Sequential(*list(model)[:-1])(batch.support_x)
+        h = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
+        hessian = 2.0 * h.transpose(1, 2) @ h / h.shape[1]
+        return learner.inner_lr * torch.linalg.eigvalsh(hessian)[:, -1]
