@@ -15,6 +15,15 @@ from mtml_lib.models import MLP, Conv4
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: with several threads on a busy machine, OpenMP waits cost 100x the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def flat(grads: dict) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads.values()])
 
@@ -266,17 +275,12 @@ def test_evaluate_with_a_metric_on_images():
 
 def test_meta_training_improves_one_step_adaptation():
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: one thread is fastest
-    try:
-        learner = MetaLearner(MLP([1, 20, 20, 1]), F.mse_loss, "maml", inner_lr=0.01)
-        test = SinusoidTasks().sample(100, 10, generator=torch.Generator().manual_seed(99))
-        before = learner.evaluate(test, steps=1).loss[1].mean()
-        history = meta_train(learner, SinusoidTasks().sampler(10, seed=1), n_iterations=200, meta_batch=10,
-                             meta_lr=5e-3, log_every=50)
-        after = learner.evaluate(test, steps=1).loss[1].mean()
-    finally:
-        torch.set_num_threads(threads)
+    learner = MetaLearner(MLP([1, 20, 20, 1]), F.mse_loss, "maml", inner_lr=0.01)
+    test = SinusoidTasks().sample(100, 10, generator=torch.Generator().manual_seed(99))
+    before = learner.evaluate(test, steps=1).loss[1].mean()
+    history = meta_train(learner, SinusoidTasks().sampler(10, seed=1), n_iterations=200, meta_batch=10,
+                         meta_lr=5e-3, log_every=50)
+    after = learner.evaluate(test, steps=1).loss[1].mean()
     assert history.iterations == [50, 100, 150, 200] and history.seconds > 0
     assert after < 0.8 * before
 
