@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+import seaborn as sns
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from mtml_lib import config  # noqa: E402
+from mtml_lib import config
 
 INDEX_NAME = "index.json"
 GALLERY_NAME = "README.md"
