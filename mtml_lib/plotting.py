@@ -8,6 +8,7 @@ notebook, profile, seed, device, commit). :func:`write_gallery` turns that index
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -43,6 +44,22 @@ def _read_index(directory: Path) -> dict[str, Any]:
         raise ValueError(f"figure index {path} is not valid JSON ({err}); delete it and rerun the notebooks") from None
 
 
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """Hold an exclusive lock on the figure index while it is rewritten (notebooks may run side by side)."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: one writer at a time is assumed
+        yield
+        return
+    with open(directory / ".index.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def save_figure(fig: "matplotlib.figure.Figure", name: str, caption: str, notebook: str | None = None) -> dict[str, Any]:
     """Write ``fig`` as ``figures/<name>.png`` and ``.pdf`` and record it in the gallery index.
 
@@ -67,9 +84,10 @@ def save_figure(fig: "matplotlib.figure.Figure", name: str, caption: str, notebo
         "notebook": notebook,
         "provenance": provenance,
     }
-    index = _read_index(directory)
-    index[name] = entry
-    (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    with _locked(directory):
+        index = _read_index(directory)
+        index[name] = entry
+        (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return entry
 
 
@@ -80,8 +98,9 @@ def write_gallery(directory: Path | None = None) -> Path:
     """
     directory = Path(directory) if directory is not None else config.figures_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    index = {k: v for k, v in _read_index(directory).items() if (directory / v["png"]).is_file()}
-    (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    with _locked(directory):
+        index = {k: v for k, v in _read_index(directory).items() if (directory / v["png"]).is_file()}
+        (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     by_notebook: dict[str, list[tuple[str, dict]]] = {}
     for name, entry in sorted(index.items()):
         by_notebook.setdefault(entry["notebook"], []).append((name, entry))
