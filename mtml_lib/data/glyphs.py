@@ -85,7 +85,7 @@ KEPT_CATEGORIES = ("L", "N", "S")
 EXCLUDED_CATEGORIES = frozenset({"Lm", "Sk"})  # modifier letters and symbols: accents and tone marks
 
 #: alphabets (scripts or blocks) of the meta-val and meta-test splits; every other alphabet is meta-train.
-#: Meta-test holds seven scripts that share no letters with the training scripts (like Omniglot's 20
+#: Meta-test holds seven scripts that meta-train does not contain (like Omniglot's 20
 #: evaluation alphabets); meta-val holds Cyrillic and two symbol blocks, for model selection.
 SPLIT_GROUPS: dict[str, tuple[str, ...]] = {
     "val": ("Cyrillic", "Miscellaneous Technical", "Supplemental Arrows-B"),
@@ -104,7 +104,7 @@ class RenderSettings:
     min_fonts: int = 3  # a character is a class when at least this many fonts draw it
     duplicate_threshold: float = 0.95  # correlation (same font) above which two characters count as alike
     solid_stroke: float = 3.0  # output px: a class whose median stroke is wider is a solid shape, dropped
-    stroke_target: float = 1.3  # output px: thicker prototypes are thinned towards it (Omniglot: 1.2)
+    stroke_target: float = 1.15  # output px: thicker prototypes are thinned towards it (Omniglot: 1.2)
     max_thinning: float = 1.0  # output px: at most this much thinner (keeps the hairlines of bold fonts)
     render_px: int = 64  # em size at which Pillow rasterises before resizing
     fonts: tuple[str, ...] | None = None  # font file stems to use (None: all usable fonts); smoke runs use a few
@@ -119,7 +119,7 @@ class Distortion:
     aspect: float = 0.12  # +- relative difference between x and y scale
     shear: float = 0.2  # +- shear factor
     translate: float = 0.06  # +- shift, fraction of the frame side
-    stroke: tuple[float, float] = (-0.4, 0.35)  # change of stroke width, output pixels
+    stroke: tuple[float, float] = (-0.45, 0.3)  # change of stroke width, output pixels
 
     def __post_init__(self):
         if not (0 < self.scale[0] <= self.scale[1]):
