@@ -31,6 +31,7 @@ from mtml_lib.models.cnn import ClassifierHead, DenseDecoder, Encoder
 from mtml_lib.models.multitask import MultiTaskModel, Task, mse_loss
 from mtml_lib.mtl.trainer import History, MultiTaskTrainer
 from mtml_lib.mtl.weighting import WEIGHTINGS, Weighting, get_weighting
+from mtml_lib.mtl.weighting.uncertainty import CLASSIFICATION_KINDS, uncertainty_factors
 
 TASKS: tuple[str, ...] = ("cls", "seg", "depth")
 KINDS: dict[str, str] = {"cls": "classification", "seg": "segmentation", "depth": "depth"}
@@ -194,8 +195,9 @@ def train_run(method: str, tasks: Sequence[str], data: dict[str, shapes.ShapesSp
     """Train one model and evaluate it on validation (selected epoch) and test.
 
     ``method``: ``"stl"`` (``tasks`` must then be one task) or a strategy name. ``settings`` needs
-    ``widths``, ``epochs``, ``batch_size``, ``lr``, ``image_size``. Multi-task runs need ``baseline_val``
-    (the single-task validation metrics of the same seed) for model selection.
+    ``widths``, ``epochs``, ``batch_size``, ``lr``, ``image_size`` and may set ``schedule`` (default
+    cosine). Multi-task runs need ``baseline_val`` (the single-task validation metrics of the same seed)
+    for model selection.
     """
     tasks = list(tasks)
     if method == STL and len(tasks) != 1:
@@ -223,7 +225,8 @@ def train_run(method: str, tasks: Sequence[str], data: dict[str, shapes.ShapesSp
             return {**_flat(values), "delta_m": delta_m(values, baseline_val)[0]}
 
     t0 = time.perf_counter()
-    trainer = MultiTaskTrainer(model, strategy, optimizer="adam", lr=settings.lr, schedule="cosine",
+    trainer = MultiTaskTrainer(model, strategy, optimizer="adam", lr=settings.lr,
+                               schedule=getattr(settings, "schedule", "cosine"),
                                progress=False, desc=f"{method} seed {seed}")
     history = trainer.fit(batches, settings.epochs, validate=validate, monitor=monitor, mode=mode)
     val = evaluate(model, data["val"], tasks)
@@ -403,6 +406,17 @@ def predictions(study: Study, split: shapes.ShapesSplit, methods: Sequence[str],
     return out
 
 
+def _plain_axes(*axes) -> None:
+    """Integer epochs on x; plain numbers (not powers of ten) on logarithmic y axes."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_yscale() == "log":
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _method_colours(methods: Sequence[str]) -> dict[str, Any]:
     import seaborn as sns
 
@@ -429,6 +443,7 @@ def plot_curves(study: Study):
             axes[1, j].plot(rows.epoch, rows[f"val_{metric}"], **style)
         axes[0, j].set(title=f"{task}: training loss", yscale="log", xlabel="epoch")
         axes[1, j].set(title=f"{task}: validation {metric}", xlabel="epoch")
+        _plain_axes(axes[0, j], axes[1, j])
     axes[0, 0].legend(fontsize="x-small", ncol=2)
     fig.tight_layout()
     return fig
@@ -440,10 +455,9 @@ def uw_weights_frame(study: Study) -> pd.DataFrame:
     for (method, seed), run in study.runs.items():
         if method != "uw":
             continue
-        factors = {"classification": 1.0, "segmentation": 1.0, "depth": 0.5}
+        factors = uncertainty_factors([KINDS[t] for t in run.tasks]).tolist()
         for epoch, weights in enumerate(run.history.weights):
-            for task, w in zip(run.tasks, weights):
-                c = factors[KINDS[task]]
+            for task, w, c in zip(run.tasks, weights, factors):
                 rows.append({"seed": seed, "epoch": epoch + 1, "task": task, "weight": w, "sigma2": c / w})
     if not rows:
         raise ValueError("the study has no uncertainty-weighting ('uw') runs")
@@ -451,7 +465,7 @@ def uw_weights_frame(study: Study) -> pd.DataFrame:
 
 
 def plot_uw_weights(study: Study):
-    """UW's learned weights c e^{-s_i} per task over the epochs (log scale), next to the training losses."""
+    """UW's learned weights c e^{-s_i} per task over the epochs, next to the training losses (log scale)."""
     import matplotlib.pyplot as plt
 
     frame = uw_weights_frame(study)
@@ -460,11 +474,13 @@ def plot_uw_weights(study: Study):
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
     for task in study.tasks:
         part = frame[frame.task == task]
-        axes[0].plot(part.epoch, part.weight, marker="o", ms=3, label=f"{task} ({KINDS[task]})")
+        form = "L/σ²" if KINDS[task] in CLASSIFICATION_KINDS else "L/2σ²"
+        axes[0].plot(part.epoch, part.weight, marker="o", ms=3, label=f"{task} ({form})")
         part = losses[losses.task == task]
         axes[1].plot(part.epoch, part.train_loss, marker="o", ms=3, label=task)
-    axes[0].set(title="UW: learned task weight c·exp(-s)", xlabel="epoch", yscale="log")
+    axes[0].set(title="UW: learned task weight c·exp(-s)", xlabel="epoch")
     axes[1].set(title="UW: training loss per task", xlabel="epoch", yscale="log")
+    _plain_axes(*axes)
     axes[0].legend(fontsize="small")
     fig.tight_layout()
     return fig
