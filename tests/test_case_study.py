@@ -151,6 +151,7 @@ def test_the_study_runs_every_strategy_and_repeats_by_seed(tiny_data):
         assert frame[column].notna().all()
     table = cs.summary_table(frame, ["cls/accuracy", "seg/miou", "depth/abs_err", "delta_m"])
     assert list(table.index) == [cs.STL, *cs.STRATEGIES] and " ± " in table.loc["ew", "seg/miou"]
+    assert "delta_m/depth" in cs.summary_table(frame).columns
     for key, run in study.runs.items():
         assert run.best_epoch in (0, 1) and len(run.history.val) == 2, key
     uw = cs.uw_weights_frame(study)

@@ -306,16 +306,21 @@ def results_frame(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: metrics in [0, 1] that tables show in percent
+PERCENT_METRICS = ("accuracy", "f1", "precision", "recall", "miou", "pixel_acc", "rel_err")
+
+
 def summary_table(frame: pd.DataFrame, columns: Sequence[str] | None = None, percent: bool = True) -> pd.DataFrame:
-    """``mean ± std`` over seeds per method (rows in the frame's order). Metrics in [0, 1] are shown in
-    percent; Δm% columns are already percentages."""
-    columns = list(columns) if columns is not None else [c for c in frame.columns if c not in ("method", "seed")]
+    """``mean ± std`` over seeds per method (rows in the frame's order); by default every metric and Δm%
+    column. Metrics of :data:`PERCENT_METRICS` are shown in percent; Δm% columns already are percentages."""
+    if columns is None:
+        columns = [c for c in frame.columns if c not in ("method", "seed", "best_epoch", "time_s")]
     out = {}
     for method, group in frame.groupby("method", sort=False):
         cells = {}
         for column in columns:
             mean, std = M.mean_std(group[column])
-            scale = 100.0 if percent and column.split("/")[-1] in ("accuracy", "f1", "precision", "recall", "miou", "pixel_acc", "rel_err") else 1.0
+            scale = 100.0 if percent and column.split("/")[-1] in PERCENT_METRICS else 1.0
             digits = 3 if column.startswith("depth/") and scale == 1.0 else 1
             cells[column] = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
         out[method] = cells
