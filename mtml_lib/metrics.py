@@ -56,7 +56,8 @@ def to_labels(target: ArrayLike, prediction: ArrayLike) -> tuple[torch.Tensor, t
         p = p.argmax(dim=1)
     elif p.is_floating_point():
         if not bool((p == p.round()).all()):
-            raise ValueError("prediction has the target's shape but non-integer values: pass labels or scores (N, C, ...)")
+            raise ValueError("prediction has the target's shape but non-integer values: "
+                             "pass labels or scores (N, C, ...)")
         p = p.long()
     if p.shape != t.shape:
         raise ValueError(
@@ -75,7 +76,8 @@ def _check_range(values: torch.Tensor, n_classes: int, what: str) -> None:
         raise ValueError(f"{what} label {bad} is out of range: valid labels are 0..{n_classes - 1}")
 
 
-def confusion_matrix(target: ArrayLike, prediction: ArrayLike, n_classes: int, ignore_index: int | None = None) -> torch.Tensor:
+def confusion_matrix(target: ArrayLike, prediction: ArrayLike, n_classes: int,
+                     ignore_index: int | None = None) -> torch.Tensor:
     """``(C, C)`` int64 counts, rows = true class, columns = predicted class; ignored targets dropped."""
     if not isinstance(n_classes, int) or n_classes < 1:
         raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")

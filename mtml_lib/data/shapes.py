@@ -187,7 +187,8 @@ def _background(rng_draws: dict[str, np.ndarray], size: int) -> np.ndarray:
     """Base colour plus two sinusoidal gratings, ``(n, 3, size, size)``, float32."""
     coords = ((np.arange(size) + 0.5) / size).astype(np.float32)
     gx, gy = coords[None, None, :], coords[None, :, None]
-    image = np.broadcast_to(rng_draws["bg_colour"][:, :, None, None], (len(rng_draws["bg_colour"]), 3, size, size)).copy()
+    base = rng_draws["bg_colour"]
+    image = np.broadcast_to(base[:, :, None, None], (len(base), 3, size, size)).copy()
     for g in range(2):
         angle, freq, phase = (rng_draws[k][:, g, None, None] for k in ("bg_angle", "bg_freq", "bg_phase"))
         wave = np.sin(2 * np.pi * freq * (np.cos(angle) * gx + np.sin(angle) * gy) + phase)
@@ -309,7 +310,8 @@ def _cache_path(n: int, seed: int, split: str, cfg: ShapesConfig) -> Path:
     return config.cache_dir() / "shapes" / f"{split}-{n}-{digest}.npz"
 
 
-def make_split(n: int, seed: int, split: str = "train", cfg: ShapesConfig | None = None, cache: bool = True) -> ShapesSplit:
+def make_split(n: int, seed: int, split: str = "train", cfg: ShapesConfig | None = None,
+               cache: bool = True) -> ShapesSplit:
     """``n`` scenes of ``split`` for ``seed`` as tensors, read from or written to the cache."""
     cfg = cfg or ShapesConfig()
     path = _cache_path(int(n), int(seed), split, cfg)
@@ -327,6 +329,7 @@ def make_split(n: int, seed: int, split: str = "train", cfg: ShapesConfig | None
     return _to_split(arrays)
 
 
-def make_splits(sizes: dict[str, int], seed: int, cfg: ShapesConfig | None = None, cache: bool = True) -> dict[str, ShapesSplit]:
+def make_splits(sizes: dict[str, int], seed: int, cfg: ShapesConfig | None = None,
+                cache: bool = True) -> dict[str, ShapesSplit]:
     """The splits named in ``sizes`` (e.g. ``{"train": 3000, "val": 500, "test": 1000}``), fixed by ``seed``."""
     return {split: make_split(n, seed, split, cfg, cache) for split, n in sizes.items()}

@@ -163,7 +163,8 @@ def evaluate(model: MultiTaskModel, split: shapes.ShapesSplit, tasks: Sequence[s
     return result
 
 
-def delta_m(task_metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]]) -> tuple[float, dict[str, float]]:
+def delta_m(task_metrics: dict[str, dict[str, float]],
+            baseline: dict[str, dict[str, float]]) -> tuple[float, dict[str, float]]:
     """Δm% of ``task_metrics`` against ``baseline`` over the metrics in :data:`TASK_METRICS`."""
     chosen = {t: {m: task_metrics[t][m] for m in TASK_METRICS[t]} for t in task_metrics}
     return M.delta_m(chosen, baseline, HIGHER_IS_BETTER)
@@ -443,7 +444,8 @@ def plot_curves(study: Study):
         part = frame[frame.task == task].groupby(["method", "epoch"], sort=False).mean(numeric_only=True).reset_index()
         for method in methods:
             rows = part[part.method == method]
-            style = {"color": colours[method], "ls": "--" if method == STL else "-", "lw": 1.8 if method == STL else 1.2}
+            single = method == STL
+            style = {"color": colours[method], "ls": "--" if single else "-", "lw": 1.8 if single else 1.2}
             axes[0, j].plot(rows.epoch, rows.train_loss, label=method, **style)
             axes[1, j].plot(rows.epoch, rows[f"val_{metric}"], **style)
         axes[0, j].set(title=f"{task}: training loss", yscale="log", xlabel="epoch")
