@@ -330,15 +330,26 @@ class MultiTaskTrainer:
             )
 
     def _backward_gradients(self, losses: torch.Tensor) -> torch.Tensor:
-        """Gradient-based strategies: per-task gradients of θ -> combine -> θ.grad; heads get ∇ Σ_i L_i."""
+        """Gradient-based strategies: per-task gradients of θ -> combine -> θ.grad; each head gets ∇ L_i.
+
+        One backward pass per task, over θ and that task's own head together: a head appears in its own
+        task's loss only, so its gradient of Σ_i L_i is the gradient of L_i, taken in the same pass.
+        """
         shared = self.shared_params
-        if shared:
-            rows = []
-            for i in range(len(self.tasks)):
-                grads = torch.autograd.grad(losses[i], shared, retain_graph=True, allow_unused=True)
+        rows = []
+        last = len(self.tasks) - 1
+        for i, name in enumerate(self.tasks):
+            head = [p for p in self.model.head_parameters(name) if p.requires_grad]
+            if not shared and not head:
+                continue
+            grads = torch.autograd.grad(losses[i], shared + head, retain_graph=i < last, allow_unused=True)
+            for p, g in zip(head, grads[len(shared):]):
+                p.grad = torch.zeros_like(p) if g is None else g
+            if shared:
                 rows.append(torch.cat([
-                    (torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, shared)
+                    (torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads[:len(shared)], shared)
                 ]))
+        if shared:
             matrix = torch.stack(rows)
             direction = self.weighting.combine(matrix, losses.detach(), self.global_step)
             if direction.shape != (matrix.shape[1],):
@@ -355,8 +366,6 @@ class MultiTaskTrainer:
                 n = p.numel()
                 p.grad = direction[offset:offset + n].view_as(p).detach().clone()
                 offset += n
-        if self.head_params:
-            torch.autograd.backward(losses.sum(), inputs=self.head_params)
         return losses.detach().sum()
 
     def _loss_objective(self, losses: torch.Tensor) -> torch.Tensor:
