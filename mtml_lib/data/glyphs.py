@@ -35,7 +35,8 @@ centred, strokes about one pixel wide at 28 x 28 (Omniglot's measured median: 1.
 Speed: each (character, font) is rendered once with Pillow into a prototype at twice the output size and
 cached on disk (``mtml_lib.config.cache_dir()/glyphs``, keyed by :data:`GLYPHS_VERSION`, the settings
 and the font files); instances are then batched affine warps of prototypes with ``grid_sample``
-(a few microseconds per image), so a split of 50,000 images is drawn in about a second.
+(about 45 µs of one CPU thread per image measured here, prototype selection included), so the
+36,000 training images are drawn in a couple of seconds and can be redrawn during training.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 1-shot episodes with 5 queries (Snell et al. 2017); MAML with inner step 0.4, one inner step, 32 tasks
 a meta-batch for 5-way and 0.1, five steps, 16 tasks for 20-way (Finn et al. 2017); 600 test episodes.
 The numbers of iterations are GPU-scale (hours). ``quick`` keeps the models and protocol but trains each
-learner for minutes on a CPU: Conv4 with 32 filters, ProtoNets on 20-way episodes, the MAML family
+learner for minutes on a CPU: Conv4 with 32 filters, ProtoNets on 20-way episodes (Adam 2e-3), the MAML family
 only for 5-way and briefly (200 meta-batches of 4 tasks, Adam 2e-3: in so short a run smaller batches and
 a larger step beat the published 32 tasks and 1e-3), tested with one inner step as trained.
 ``smoke`` only checks that the notebook runs (a few fonts, a few classes, a few iterations).
@@ -49,8 +49,8 @@ PROFILES = {
         omniglot_episodes=10,
     ),
     "quick": FewShotProfile(
-        learners=(TrainSpec("protonet", n_way=20, iterations=1500, hidden=32, norm="batchnorm", val_every=250,
-                            val_way=5, val_episodes=200, refresh_every=250),)
+        learners=(TrainSpec("protonet", n_way=20, iterations=1500, meta_lr=2e-3, hidden=32, norm="batchnorm",
+                            val_every=250, val_way=5, val_episodes=200, refresh_every=250),)
         + _maml_family(5, iterations=200, meta_batch=4, meta_lr=2e-3, hidden=32, test_steps=1, val_every=100,
                        val_episodes=50),
         eval_query=5,
