@@ -24,13 +24,6 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MTML_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny convolutions: one thread is as fast, and far faster when other processes share the cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,6 @@ from mtml_lib.models import MLP, Conv4
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: with several threads on a busy machine, OpenMP waits cost 100x the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def flat(grads: dict) -> torch.Tensor:

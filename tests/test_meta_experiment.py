@@ -12,13 +12,6 @@ from mtml_lib.models import MLP
 from mtml_lib.profiles.maml_sinusoid import PROFILES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: with several threads on a busy machine, OpenMP waits cost 100x the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_results_table_counts_diverged_tasks_and_refuses_to_average_them():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtml_lib.data.sinusoid import SinusoidTasks
+from mtml_lib.data.sinusoid import SinusoidTasks, check_ranges, check_sizes, uniform
 from mtml_lib.meta.tasks import TaskBatch
 
 
@@ -26,25 +26,16 @@ class LineTasks:
     x_range: tuple[float, float] = (-5.0, 5.0)
 
     def __post_init__(self):
-        for name in ("slope", "intercept", "x_range"):
-            lo, hi = getattr(self, name)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(f"{name} must be a finite range (low < high), got {(lo, hi)}")
+        check_ranges(self, ("slope", "intercept", "x_range"))
 
     def sample(self, n_tasks: int, k_support: int, k_query: int | None = None,
                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> TaskBatch:
         """``n_tasks`` lines with ``k_support`` support and ``k_query`` (default ``k_support``) query points."""
         k_query = k_support if k_query is None else k_query
-        for name, value in (("n_tasks", n_tasks), ("k_support", k_support), ("k_query", k_query)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-        def uniform(shape, bounds):
-            lo, hi = bounds
-            return lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=dtype)
-
-        slope, intercept = uniform((n_tasks,), self.slope), uniform((n_tasks,), self.intercept)
-        x = uniform((n_tasks, k_support + k_query, 1), self.x_range)
+        check_sizes(n_tasks=n_tasks, k_support=k_support, k_query=k_query)
+        slope = uniform((n_tasks,), self.slope, generator, dtype)
+        intercept = uniform((n_tasks,), self.intercept, generator, dtype)
+        x = uniform((n_tasks, k_support + k_query, 1), self.x_range, generator, dtype)
         y = slope.view(-1, 1, 1) * x + intercept.view(-1, 1, 1)
         return TaskBatch(x[:, :k_support], y[:, :k_support], x[:, k_support:], y[:, k_support:],
                          info={"slope": slope, "intercept": intercept})

@@ -16,6 +16,28 @@ import torch
 from mtml_lib.meta.tasks import TaskBatch
 
 
+def check_ranges(obj, names: tuple[str, ...]) -> None:
+    """Every field in ``names`` of ``obj`` must be a finite range ``(low, high)`` with ``low < high``."""
+    for name in names:
+        lo, hi = getattr(obj, name)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"{name} must be a finite range (low < high), got {(lo, hi)}")
+
+
+def check_sizes(**sizes: int) -> None:
+    """Task and example counts must be integers >= 1."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def uniform(shape: tuple[int, ...], bounds: tuple[float, float], generator: torch.Generator | None,
+            dtype: torch.dtype) -> torch.Tensor:
+    """``U[low, high)`` samples of ``shape`` from ``generator``."""
+    lo, hi = bounds
+    return lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class SinusoidTasks:
     """The task distribution. The defaults are the paper's ranges; shapes are ``(T, K, 1)``."""
@@ -25,10 +47,7 @@ class SinusoidTasks:
     x_range: tuple[float, float] = (-5.0, 5.0)
 
     def __post_init__(self):
-        for name in ("amplitude", "phase", "x_range"):
-            lo, hi = getattr(self, name)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(f"{name} must be a finite range (low < high), got {(lo, hi)}")
+        check_ranges(self, ("amplitude", "phase", "x_range"))
 
     @staticmethod
     def function(amplitude: torch.Tensor, phase: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -42,17 +61,10 @@ class SinusoidTasks:
         Returns a :class:`TaskBatch` whose ``info`` holds ``amplitude`` and ``phase`` ``(T,)``.
         """
         k_query = k_support if k_query is None else k_query
-        for name, value in (("n_tasks", n_tasks), ("k_support", k_support), ("k_query", k_query)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-        def uniform(shape, bounds):
-            lo, hi = bounds
-            return lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=dtype)
-
-        amplitude = uniform((n_tasks,), self.amplitude)
-        phase = uniform((n_tasks,), self.phase)
-        x = uniform((n_tasks, k_support + k_query, 1), self.x_range)
+        check_sizes(n_tasks=n_tasks, k_support=k_support, k_query=k_query)
+        amplitude = uniform((n_tasks,), self.amplitude, generator, dtype)
+        phase = uniform((n_tasks,), self.phase, generator, dtype)
+        x = uniform((n_tasks, k_support + k_query, 1), self.x_range, generator, dtype)
         y = self.function(amplitude, phase, x)
         return TaskBatch(x[:, :k_support], y[:, :k_support], x[:, k_support:], y[:, k_support:],
                          info={"amplitude": amplitude, "phase": phase})
