@@ -9,12 +9,6 @@ from mtml_lib.meta import MetaLearner
 from mtml_lib.meta.protonet import ProtoNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def pattern_dataset(n_classes=10, n_per_class=6, seed=0, split="train") -> ClassDataset:

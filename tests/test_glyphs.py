@@ -18,12 +18,6 @@ SMALL = G.RenderSettings(fonts=FOUR_FONTS)
 CHARS = "ABEHKOPabceo" + "ΑΒΕΗΚΟΡαβγδ" + "АВЕНКОРабвгдж" + "ԱԲԳՕոսաբգդ" + "აბგდევზთ"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,6 @@ from mtml_lib.meta.tasks import TaskBatch
 from mtml_lib.models.backbones import Conv4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors run fastest on one thread (and a busy machine makes two threads far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_prototypes_are_class_means():
