@@ -42,6 +42,15 @@ def _check_training(n_iterations: int, meta_batch: int, lr: float, log_every: in
         raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
 
 
+def _log_window(history: History, window: list[torch.Tensor], it: int, n_iterations: int, log_every: int) -> list:
+    """Every ``log_every`` iterations (and at the last), log the window's mean loss and start a new window."""
+    if it % log_every == 0 or it == n_iterations:
+        history.iterations.append(it)
+        history.loss.append(float(torch.stack(window).mean()))
+        return []
+    return window
+
+
 def meta_train(learner: MetaLearner, sample: Sampler, n_iterations: int, meta_batch: int = 25,
                meta_lr: float = 1e-3, log_every: int = 100) -> History:
     """Meta-train ``learner`` with Adam(``meta_lr``) on ``n_iterations`` fresh meta-batches of ``meta_batch``
@@ -52,10 +61,7 @@ def meta_train(learner: MetaLearner, sample: Sampler, n_iterations: int, meta_ba
     start = time.perf_counter()
     for it in range(1, n_iterations + 1):
         window.append(learner.meta_step(optimizer, sample(meta_batch)).loss)
-        if it % log_every == 0 or it == n_iterations:
-            history.iterations.append(it)
-            history.loss.append(float(torch.stack(window).mean()))
-            window = []
+        window = _log_window(history, window, it, n_iterations, log_every)
     history.seconds = time.perf_counter() - start
     return history
 
@@ -83,10 +89,7 @@ def pretrain(model: nn.Module, loss_fn: Loss, sample: Sampler, n_iterations: int
         loss.backward()
         optimizer.step()
         window.append(loss.detach())
-        if it % log_every == 0 or it == n_iterations:
-            history.iterations.append(it)
-            history.loss.append(float(torch.stack(window).mean()))
-            window = []
+        window = _log_window(history, window, it, n_iterations, log_every)
     history.seconds = time.perf_counter() - start
     return history
 
