@@ -21,11 +21,15 @@ What is left out, and why:
 * characters that are not letters, numbers or symbols, modifier letters and marks (diacritic-like
   specks), compatibility variants (NFKC maps them to another character: math bold A, ligatures, circled
   letters) and blocks of pictures rather than characters (:data:`EXCLUDED_BLOCKS`);
+* solid shapes (■, ●: Omniglot characters are pen strokes), and the prototypes of a font that draws
+  *another design* of a character than the other font families do (DejaVu Serif draws the Georgian
+  capitals in another style than DejaVu Sans): one example of one design says little about the other;
 * **near duplicates**: characters drawn alike by the same font (Latin A, Greek Alpha, Cyrillic A; l, I
-  and |). Walking the splits in the order train, val, test, a character is dropped when its glyph in
-  some font correlates above ``duplicate_threshold`` with the glyph of an already kept character in the
-  same font. Thus no meta-test character is a look-alike of a meta-train one, and no split holds two
-  classes that cannot be told apart.
+  and |; c and C, since the frame normalises size away). Walking the splits in the order train, val,
+  test, a character is dropped when its glyph in some font correlates above ``duplicate_threshold``
+  (``case_threshold`` for a lowercase letter and its capital) with the glyph of an already kept
+  character in the same font. Thus no meta-test character is a look-alike of a meta-train one, and no
+  split holds two classes that cannot be told apart.
 
 Conventions shared with :mod:`mtml_lib.data.omniglot` (so that a model meta-trained here can be tested
 on Omniglot directly): single channel, ``image_size`` x ``image_size`` (28 by default), ink = 1 on a
@@ -59,7 +63,7 @@ from mtml_lib import config
 from mtml_lib.data.episodes import ClassDataset
 
 #: bump when the selection, rendering or dedup rules change: invalidates every cached prototype file
-GLYPHS_VERSION = 1
+GLYPHS_VERSION = 2
 
 #: font-file name prefix -> why it is not used
 EXCLUDED_FONTS: dict[str, str] = {
@@ -104,7 +108,9 @@ class RenderSettings:
     fill: float = 0.68  # longer side of a character / frame side (Omniglot's median: 0.64 measured at 28 x 28)
     min_fonts: int = 3  # a character is a class when at least this many fonts draw it
     duplicate_threshold: float = 0.95  # correlation (same font) above which two characters count as alike
+    case_threshold: float = 0.8  # the same for a lowercase letter and its capital (the frame hides their sizes)
     solid_stroke: float = 3.0  # output px: a class whose median stroke is wider is a solid shape, dropped
+    consistency: float = 0.4  # a prototype correlating below this with every other family's is another design
     stroke_target: float = 1.15  # output px: thicker prototypes are thinned towards it (Omniglot: 1.2)
     max_thinning: float = 1.0  # output px: at most this much thinner (keeps the hairlines of bold fonts)
     render_px: int = 64  # em size at which Pillow rasterises before resizing
@@ -287,7 +293,8 @@ class GlyphPrototypes:
     ``images``: uint8 ``(P, S, S)``; ``proto_class`` and ``proto_font``: ``(P,)`` indices into ``chars``
     and ``fonts``. Per class: ``chars`` (the character), ``groups`` (alphabet), ``splits``.
     ``dropped``: near-duplicate characters left out, mapped to the kept character they resemble;
-    ``solid``: characters left out as solid shapes.
+    ``solid``: characters left out as solid shapes; ``inconsistent``: characters left out because fewer
+    than ``min_fonts`` fonts draw the same design; ``other_designs``: prototypes left out as another design.
     """
 
     images: torch.Tensor
@@ -300,6 +307,8 @@ class GlyphPrototypes:
     settings: RenderSettings
     dropped: dict[str, str]
     solid: str = ""
+    inconsistent: str = ""
+    other_designs: int = 0
 
     def classes_of(self, split: str) -> list[int]:
         """Indices of the classes of ``split`` (``"train"``, ``"val"``, ``"test"``)."""
@@ -328,20 +337,66 @@ def _features(images: torch.Tensor, image_size: int) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
+def font_family(path: Path) -> str:
+    """The family name a font declares (``"DejaVu Sans"`` for DejaVuSans-Bold.ttf)."""
+    from fontTools.ttLib import TTFont
+
+    return TTFont(str(path), lazy=True)["name"].getDebugName(1) or path.stem
+
+
+def find_other_designs(images: torch.Tensor, proto_class: torch.Tensor, proto_family: torch.Tensor,
+                       threshold: float, image_size: int) -> torch.Tensor:
+    """``(P,)`` bool: prototypes that draw another design of their character than the other font families.
+
+    A prototype is flagged when its best correlation with the prototypes of the same character in the
+    *other* font families (in its own family's other fonts, for a character of one family) is below
+    ``threshold``: DejaVu Serif, for instance, draws the Georgian capitals in another style than DejaVu
+    Sans, and one example of one style says little about the other.
+    """
+    feats = _features(images, image_size)
+    flagged = torch.zeros(len(images), dtype=torch.bool)
+    order = torch.argsort(proto_class, stable=True)
+    counts = torch.bincount(proto_class)
+    for idx in torch.split(order, counts[counts > 0].tolist()):
+        if len(idx) < 2:
+            continue
+        sim = feats[idx] @ feats[idx].T
+        fam = proto_family[idx]
+        other = fam.unsqueeze(0) != fam.unsqueeze(1)
+        lonely = ~other.any(1)  # a family alone: compare with its own other fonts
+        allowed = other | (lonely.unsqueeze(1) & ~torch.eye(len(idx), dtype=torch.bool))
+        best = sim.masked_fill(~allowed, -2.0).max(1).values
+        flagged[idx] = best < threshold
+    return flagged
+
+
 def find_duplicates(images: torch.Tensor, proto_class: torch.Tensor, proto_font: torch.Tensor, order: list[int],
-                    threshold: float, image_size: int) -> dict[int, int]:
+                    threshold: float, image_size: int, case_pairs: list[tuple[int, int]] = (),
+                    case_threshold: float = 1.0) -> dict[int, int]:
     """Greedy look-alike removal. Returns ``{dropped class: kept class it resembles}``.
 
     Classes are visited in ``order``; a class is dropped when, in some font that draws both, its prototype
-    correlates above ``threshold`` with the prototype of a class kept before it.
+    correlates above ``threshold`` with the prototype of a class kept before it; for the pairs of
+    ``case_pairs`` (a lowercase letter and its capital) above ``case_threshold``.
     """
     feats = _features(images, image_size)
-    rank = torch.empty(int(proto_class.max()) + 1, dtype=torch.long)
+    n_classes = int(proto_class.max()) + 1
+    rank = torch.empty(n_classes, dtype=torch.long)
     rank[torch.as_tensor(order)] = torch.arange(len(order))
+    pairs = torch.as_tensor(list(case_pairs), dtype=torch.long).view(-1, 2)
     firsts, laters = [], []
     for font in proto_font.unique().tolist():
         idx = (proto_font == font).nonzero().flatten()
-        a, b = (torch.triu(feats[idx] @ feats[idx].T, diagonal=1) > threshold).nonzero(as_tuple=True)
+        sim = feats[idx] @ feats[idx].T
+        alike = sim > threshold
+        row = torch.full((n_classes,), -1, dtype=torch.long)
+        row[proto_class[idx]] = torch.arange(len(idx))  # one prototype per (character, font)
+        ra, rb = row[pairs[:, 0]], row[pairs[:, 1]]
+        both = (ra >= 0) & (rb >= 0)
+        ra, rb = ra[both], rb[both]
+        alike[ra, rb] |= sim[ra, rb] > case_threshold
+        alike[rb, ra] |= sim[rb, ra] > case_threshold
+        a, b = torch.triu(alike, diagonal=1).nonzero(as_tuple=True)
         ca, cb = proto_class[idx[a]], proto_class[idx[b]]
         swap = rank[ca] > rank[cb]
         firsts.append(torch.where(swap, cb, ca))
@@ -406,7 +461,15 @@ def build_prototypes(settings: RenderSettings = RenderSettings(), chars: str | N
             x = _change_stroke(images_t[sl].float().unsqueeze(1) / 255.0, -thinning[sl])
             images_t[sl] = x.squeeze(1).mul_(255.0).round_().to(torch.uint8)
 
-    kept_codes = sorted(set(proto_code) - solid)
+    # designs: drop prototypes no other font family draws alike, then characters left with too few fonts
+    families = [font_family(p) for p in fonts]
+    family_t = torch.tensor([sorted(set(families)).index(families[f]) for f in proto_font])
+    other_design = find_other_designs(images_t, code_t, family_t, settings.consistency, settings.image_size)
+    images_t, code_t, font_t = images_t[~other_design], code_t[~other_design], font_t[~other_design]
+    n_fonts = torch.bincount(code_t, minlength=max(proto_code) + 1)
+    inconsistent = {c for c in set(proto_code) if n_fonts[c] < settings.min_fonts} - solid
+
+    kept_codes = sorted(set(proto_code) - solid - inconsistent)
     chars_all = [chr(c) for c in kept_codes]
     groups_all = [character_group(ch) for ch in chars_all]
     splits_all = [split_of_group(g) for g in groups_all]
@@ -417,7 +480,11 @@ def build_prototypes(settings: RenderSettings = RenderSettings(), chars: str | N
     images_t, cls_t, font_t = images_t[mask], cls_t[mask], font_t[mask]
 
     order = sorted(range(len(chars_all)), key=lambda i: (SPLITS.index(splits_all[i]), kept_codes[i]))
-    dup = find_duplicates(images_t, cls_t, font_t, order, settings.duplicate_threshold, settings.image_size)
+    position = {ch: i for i, ch in enumerate(chars_all)}
+    case_pairs = [(i, position[ch.upper()]) for i, ch in enumerate(chars_all)
+                  if ch.upper() != ch and ch.upper() in position]
+    dup = find_duplicates(images_t, cls_t, font_t, order, settings.duplicate_threshold, settings.image_size,
+                          case_pairs, settings.case_threshold)
     keep = [i for i in range(len(chars_all)) if i not in dup]
     remap = torch.full((len(chars_all),), -1, dtype=torch.long)
     remap[torch.as_tensor(keep)] = torch.arange(len(keep))
@@ -433,6 +500,8 @@ def build_prototypes(settings: RenderSettings = RenderSettings(), chars: str | N
         settings=settings,
         dropped={chars_all[d]: chars_all[k] for d, k in dup.items()},
         solid="".join(chr(c) for c in sorted(solid)),
+        inconsistent="".join(chr(c) for c in sorted(inconsistent)),
+        other_designs=int(other_design.sum()),
     )
 
 
@@ -467,11 +536,13 @@ def load_prototypes(settings: RenderSettings = RenderSettings(), cache: bool = T
                 proto_font=torch.from_numpy(z["proto_font"]).long(),
                 chars=meta["chars"], groups=meta["groups"], splits=meta["splits"], fonts=meta["fonts"],
                 settings=settings, dropped=meta["dropped"], solid=meta["solid"],
+                inconsistent=meta["inconsistent"], other_designs=meta["other_designs"],
             )
     protos = build_prototypes(settings)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {k: getattr(protos, k) for k in ("chars", "groups", "splits", "fonts", "dropped", "solid")}
+        meta = {k: getattr(protos, k) for k in ("chars", "groups", "splits", "fonts", "dropped", "solid", "inconsistent",
+                                               "other_designs")}
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, images=protos.images.numpy(), proto_class=protos.proto_class.numpy().astype(np.int32),
                             proto_font=protos.proto_font.numpy().astype(np.int16), meta=np.array(json.dumps(meta)))
