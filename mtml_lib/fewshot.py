@@ -14,7 +14,6 @@ Learners (all on the Conv4 backbone, ``norm="plain"`` unless the spec says other
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mtml_lib.data.episodes import ClassDataset, EpisodeSampler
-from mtml_lib.meta import MetaLearner, mean_ci95
+from mtml_lib.meta import MetaLearner, mean_ci95, meta_train
 from mtml_lib.meta.protonet import ProtoNet
 from mtml_lib.meta.tasks import TaskBatch
 from mtml_lib.models.backbones import Conv4
@@ -165,6 +164,26 @@ class TrainResult:
                 "best_val_accuracy": round(self.best_val_accuracy, 4), "train_seconds": round(self.seconds, 1)}
 
 
+class _RefreshingSampler:
+    """Episodes of ``train_data``; when it is a function ``round -> data set``, fresh instances every
+    ``refresh_every`` calls (round 0 first), each round with its own seeded sampler."""
+
+    def __init__(self, train_data, spec: TrainSpec, seed: int, device):
+        self.train_data, self.spec, self.seed, self.device = train_data, spec, seed, device
+        data = train_data(0) if callable(train_data) else train_data
+        self.image_shape = data.image_shape
+        self.sampler = EpisodeSampler(data, spec.n_way, spec.k_shot, spec.n_query, seed=seed)
+        self.calls = 0
+
+    def __call__(self, n_tasks: int) -> TaskBatch:
+        every = self.spec.refresh_every
+        if callable(self.train_data) and every and self.calls > 0 and self.calls % every == 0:
+            self.sampler = EpisodeSampler(self.train_data(self.calls // every), self.spec.n_way, self.spec.k_shot,
+                                          self.spec.n_query, seed=self.seed + self.calls + 1)
+        self.calls += 1
+        return self.sampler.sample(n_tasks).to(self.device)
+
+
 def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDataset], val_data: ClassDataset,
           seed: int = 0, device: torch.device | str = "cpu", verbose: bool = False) -> TrainResult:
     """Meta-train the learner of ``spec`` on episodes of ``train_data``; keep the best-on-validation parameters.
@@ -172,43 +191,26 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
     ``train_data`` is a data set, or a function ``round -> data set`` called every ``spec.refresh_every``
     iterations for fresh instances (round 0 at the start). Validation uses the same ``spec.val_episodes``
     episodes at every check (seeded), at the end of every ``spec.val_every`` iterations and at the last one.
+    The loop is :func:`mtml_lib.meta.meta_train` with its validation hook.
     """
     torch.manual_seed(seed)
-    data = train_data(0) if callable(train_data) else train_data
-    shape = data.image_shape
+    sample = _RefreshingSampler(train_data, spec, seed, device)
+    shape = sample.image_shape
     learner = make_learner(spec, in_channels=shape[0], image_size=shape[-1]).to(device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=spec.meta_lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.iterations) if spec.cosine else None
-    sampler = EpisodeSampler(data, spec.n_way, spec.k_shot, spec.n_query, seed=seed)
     val_way, val_shot = spec.val_way or spec.n_way, spec.val_shot or spec.k_shot
     val_batch = EpisodeSampler(val_data, val_way, val_shot, spec.n_query, seed=seed + 1).sample(spec.val_episodes).to(device)
-    result = TrainResult(spec=spec, learner=learner)
-    best_state = copy.deepcopy(learner.state_dict())
-    window: list[torch.Tensor] = []
-    start = time.perf_counter()
-    for it in range(1, spec.iterations + 1):
-        if callable(train_data) and spec.refresh_every and it > 1 and (it - 1) % spec.refresh_every == 0:
-            sampler = EpisodeSampler(train_data((it - 1) // spec.refresh_every), spec.n_way, spec.k_shot,
-                                     spec.n_query, seed=seed + it)
-        window.append(learner.meta_step(optimizer, sampler.sample(spec.meta_batch).to(device)).loss)
-        if scheduler is not None:
-            scheduler.step()
-        if it % spec.val_every == 0 or it == spec.iterations:
-            accuracy = float(torch.cat([episode_accuracy(learner, val_batch.select(slice(i, i + 50))).cpu()
-                                        for i in range(0, spec.val_episodes, 50)]).mean())
-            result.iterations.append(it)
-            result.train_loss.append(float(torch.stack(window).mean().cpu()))
-            result.val_accuracy.append(accuracy)
-            window = []
-            if accuracy > result.best_val_accuracy:
-                result.best_val_accuracy, result.best_iteration = accuracy, it
-                best_state = copy.deepcopy(learner.state_dict())
-            if verbose:
-                print(f"{spec.name}: iteration {it}/{spec.iterations} train loss {result.train_loss[-1]:.3f} "
-                      f"val acc {accuracy:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    learner.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - start
-    return result
+
+    def validate(model) -> float:
+        return float(torch.cat([episode_accuracy(model, val_batch.select(slice(i, i + 50))).cpu()
+                                for i in range(0, spec.val_episodes, 50)]).mean())
+
+    if verbose:
+        print(f"{spec.name}:", flush=True)
+    history = meta_train(learner, sample, spec.iterations, spec.meta_batch, spec.meta_lr, log_every=spec.val_every,
+                         cosine=spec.cosine, validate=validate, verbose=verbose)
+    return TrainResult(spec=spec, learner=learner, iterations=history.iterations, train_loss=history.loss,
+                       val_accuracy=history.val_score, best_iteration=history.best_iteration,
+                       best_val_accuracy=history.best_score, seconds=history.seconds)
 
 
 def spec_table(specs) -> "pd.DataFrame":

@@ -278,6 +278,46 @@ def test_meta_training_improves_one_step_adaptation():
     assert after < 0.8 * before
 
 
+def test_meta_train_keeps_the_best_validated_parameters():
+    torch.manual_seed(0)
+    learner = MetaLearner(MLP([1, 8, 1]), F.mse_loss, "maml", inner_lr=0.01)
+    scores, snapshots = iter([0.2, 0.9, 0.9, 0.4]), []
+
+    def validate(model):  # a scripted score; remember the parameters it was given
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    history = meta_train(learner, SinusoidTasks().sampler(5, seed=1), n_iterations=8, meta_batch=2, meta_lr=1e-2,
+                         log_every=2, cosine=True, validate=validate)
+    assert history.iterations == [2, 4, 6, 8] and history.val_score == [0.2, 0.9, 0.9, 0.4]
+    assert (history.best_iteration, history.best_score) == (4, 0.9)  # the first of a tie
+    kept = learner.state_dict()
+    assert all(torch.equal(kept[k], snapshots[1][k]) for k in kept)
+    assert not all(torch.equal(snapshots[1][k], snapshots[3][k]) for k in kept)  # training did move on
+
+
+def test_meta_train_refuses_a_non_finite_validation_score():
+    learner = MetaLearner(MLP([1, 8, 1]), F.mse_loss, "maml", inner_lr=0.01)
+    with pytest.raises(FloatingPointError, match="validation score nan at iteration 3"):
+        meta_train(learner, SinusoidTasks().sampler(5, seed=1), n_iterations=6, meta_batch=2, log_every=3,
+                   validate=lambda model: float("nan"))
+
+
+def test_meta_train_cosine_schedule_ends_with_a_zero_step():
+    # Adam moves each parameter by about the step size: with the cosine schedule the last move is ~0
+    def moves(cosine):
+        torch.manual_seed(0)
+        learner = MetaLearner(MLP([1, 8, 1]), F.mse_loss, "maml", inner_lr=0.01)
+        seen = []
+        meta_train(learner, SinusoidTasks().sampler(5, seed=1), n_iterations=20, meta_batch=2, meta_lr=1e-2,
+                   log_every=1, cosine=cosine,
+                   validate=lambda m: seen.append(torch.cat([p.detach().flatten() for p in m.parameters()])) or 0.0)
+        return [float((b - a).abs().max()) for a, b in zip(seen, seen[1:])]
+
+    flat, cos = moves(False), moves(True)
+    assert flat[-1] > 0.5 * flat[0] and cos[-1] < 0.02 * cos[0]
+
+
 def test_mean_ci95():
     mean, half = mean_ci95(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
     assert mean.tolist() == [2.0, 2.0]

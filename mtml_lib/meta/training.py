@@ -6,6 +6,7 @@ A *task sampler* is any callable ``sample(n_tasks) -> TaskBatch`` (for example
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -23,11 +24,18 @@ Sampler = Callable[[int], TaskBatch]
 
 @dataclass
 class History:
-    """Mean query loss of each logged window of iterations, and the wall time of the loop."""
+    """Mean query loss of each logged window of iterations, and the wall time of the loop.
+
+    With a validation hook, ``val_score`` holds its score at each logged iteration (the same
+    ``iterations``), and ``best_iteration``/``best_score`` the checkpoint that was kept.
+    """
 
     iterations: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    val_score: list[float] = field(default_factory=list)
+    best_iteration: int = 0
+    best_score: float = -math.inf
 
     @property
     def ms_per_iteration(self) -> float:
@@ -51,17 +59,46 @@ def _log_window(history: History, window: list[torch.Tensor], it: int, n_iterati
     return window
 
 
-def meta_train(learner: MetaLearner, sample: Sampler, n_iterations: int, meta_batch: int = 25,
-               meta_lr: float = 1e-3, log_every: int = 100) -> History:
+def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batch: int = 25,
+               meta_lr: float = 1e-3, log_every: int = 100, cosine: bool = False,
+               validate: Callable[[nn.Module], float] | None = None, verbose: bool = False) -> History:
     """Meta-train ``learner`` with Adam(``meta_lr``) on ``n_iterations`` fresh meta-batches of ``meta_batch``
-    tasks. Returns the :class:`History` of the mean query loss, averaged over windows of ``log_every``."""
+    tasks. Returns the :class:`History` of the mean query loss, averaged over windows of ``log_every``.
+
+    ``learner`` is anything with ``meta_step(optimizer, batch)`` (a :class:`MetaLearner` or a ProtoNet).
+    ``cosine``: decay the step size to zero on a cosine over the run. ``validate``: a function
+    ``learner -> score`` (higher is better, for example accuracy on fixed validation episodes) called at
+    every log; the parameters of the best score (the first, on ties) are loaded back at the end, so the
+    test set never chooses the model. ``verbose`` prints a line at every log.
+    """
     _check_training(n_iterations, meta_batch, meta_lr, log_every)
     optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_iterations) if cosine else None
     history, window = History(), []
+    best_state = None
     start = time.perf_counter()
     for it in range(1, n_iterations + 1):
         window.append(learner.meta_step(optimizer, sample(meta_batch)).loss)
+        if scheduler is not None:
+            scheduler.step()
+        logged = len(history.iterations)
         window = _log_window(history, window, it, n_iterations, log_every)
+        if len(history.iterations) == logged:
+            continue
+        line = f"iteration {it}/{n_iterations} query loss {history.loss[-1]:.4f}"
+        if validate is not None:
+            score = float(validate(learner))
+            if not math.isfinite(score):
+                raise FloatingPointError(f"validation score {score} at iteration {it}; the learner diverged")
+            history.val_score.append(score)
+            if score > history.best_score:
+                history.best_score, history.best_iteration = score, it
+                best_state = copy.deepcopy(learner.state_dict())
+            line += f" validation {score:.4f}"
+        if verbose:
+            print(f"{line} ({time.perf_counter() - start:.0f} s)", flush=True)
+    if best_state is not None:
+        learner.load_state_dict(best_state)
     history.seconds = time.perf_counter() - start
     return history
 
