@@ -213,6 +213,88 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
                        best_val_accuracy=history.best_score, seconds=history.seconds)
 
 
+# ------------------------------------------------------------------------------- error analysis
+@torch.no_grad()
+def embed_classes(encoder: torch.nn.Module, data: ClassDataset, chunk: int = 1024) -> torch.Tensor:
+    """Embeddings ``(C, N, D)`` of every image of ``data``, in chunks of ``chunk`` images in class order.
+
+    An encoder with batch statistics (``norm="batchnorm"``) normalises over each chunk rather than over one
+    episode, so the embeddings are close to, not equal to, those of episodic evaluation.
+    """
+    device = _device_of(encoder)
+    images = data.images.flatten(0, 1)
+    z = torch.cat([encoder(images[i:i + chunk].to(device).float() / 255.0).cpu() for i in range(0, len(images), chunk)])
+    return z.view(len(data), data.n_per_class, -1)
+
+
+def one_shot_confusion(embeddings: torch.Tensor) -> torch.Tensor:
+    """``(C, C)`` pairwise 1-shot confusion of nearest-prototype classification of ``(C, N, D)`` embeddings.
+
+    Entry ``[a, b]``: over every query image ``i`` of class ``a``, every other image ``j`` of ``a`` as its
+    support and every image ``k`` of ``b`` as ``b``'s support, the fraction with ``|z_ai - z_bk|² <
+    |z_ai - z_aj|²`` (the query goes to ``b`` in a 2-way 1-shot episode). The diagonal is zero.
+    """
+    if embeddings.dim() != 3 or embeddings.shape[1] < 2:
+        raise ValueError(f"embeddings must be (classes, instances >= 2, dim), got {tuple(embeddings.shape)}")
+    n_classes, n = embeddings.shape[:2]
+    flat = embeddings.flatten(0, 1).double()
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    out = torch.zeros(n_classes, n_classes, dtype=torch.float64)
+    for a in range(n_classes):
+        d = torch.cdist(flat[a * n:(a + 1) * n], flat).pow(2).view(n, n_classes, n)  # (query i, class b, support k)
+        own = d[:, a, :][off_diagonal].view(n, n - 1)  # (query i, support j != i)
+        out[a] = (d.unsqueeze(-1) < own[:, None, None, :]).double().mean((2, 3)).mean(0)
+    out.fill_diagonal_(0.0)
+    return out
+
+
+def expected_accuracy(confusion: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Expected ``n_way``-way 1-shot accuracy of each class as the query class, from pairwise confusions.
+
+    A query of class ``a`` is right when no distractor ``b`` wins its pairwise comparison, taken as
+    independent events: ``∏_b (1 - confusion[a, b])``, averaged exactly over every set of ``n_way - 1``
+    distractors (the elementary symmetric polynomial of the ``1 - confusion[a, b]``, divided by the number
+    of sets). The mean over classes approximates the episodic accuracy.
+    """
+    n_classes = len(confusion)
+    if not 2 <= n_way <= n_classes:
+        raise ValueError(f"n_way must be between 2 and the {n_classes} classes, got {n_way}")
+    keep = 1.0 - confusion.double()
+    keep.fill_diagonal_(0.0)  # a set containing the query's own class contributes nothing
+    m = n_way - 1
+    e = torch.zeros(n_classes, m + 1, dtype=torch.float64)
+    e[:, 0] = 1.0
+    for b in range(n_classes):  # e[:, k]: sum over k-subsets of the classes seen so far
+        e[:, 1:] = e[:, 1:] + keep[:, b:b + 1] * e[:, :-1]
+    return e[:, m] / float(math.comb(n_classes - 1, m))
+
+
+def confusion_report(confusion: torch.Tensor, data: ClassDataset, n_way: int = 5, top: int = 10) -> dict:
+    """The classes and pairs behind the errors: ``{"classes", "pairs", "share"}``.
+
+    ``classes``: the ``top`` classes of lowest expected ``n_way``-way 1-shot accuracy (:func:`expected_accuracy`);
+    ``pairs``: the ``top`` most confused pairs (both directions summed); ``share``: the fraction of all
+    expected errors that the ``top`` classes account for.
+    """
+    import pandas as pd
+
+    accuracy = expected_accuracy(confusion, n_way)
+    error = 1.0 - accuracy
+    order = error.argsort(descending=True)[:top].tolist()
+    classes = pd.DataFrame({"class": [data.class_names[c] for c in order], "alphabet": [data.groups[c] for c in order],
+                            f"{n_way}-way 1-shot error (%)": [round(100 * float(error[c]), 1) for c in order]})
+    both = torch.triu(confusion + confusion.T, diagonal=1)
+    flat = both.flatten().argsort(descending=True)[:top].tolist()
+    pairs = pd.DataFrame({
+        "class": [data.class_names[i // len(both)] for i in flat],
+        "confused with": [data.class_names[i % len(both)] for i in flat],
+        "alphabets": [f"{data.groups[i // len(both)]} / {data.groups[i % len(both)]}" for i in flat],
+        "2-way error, both ways (%)": [round(100 * float(both.flatten()[i]), 1) for i in flat],
+    })
+    return {"classes": classes, "pairs": pairs, "share": float(error[order].sum() / error.sum()),
+            "expected_accuracy": float(accuracy.mean())}
+
+
 def spec_table(specs) -> "pd.DataFrame":
     """The training settings of ``specs`` as a table (one row per learner)."""
     import pandas as pd

@@ -100,3 +100,55 @@ def test_tables_and_pictures():
     assert stats["background"] == 0 and stats["max"] == 1.0
     assert stats["extent (fraction of frame)"] == pytest.approx(20 / 28, abs=1e-3)
     assert stats["stroke width (px)"] == pytest.approx(40 / 22, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------------------- error analysis
+def test_one_shot_confusion_matches_a_brute_force_count():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 3, 2, generator=g)
+    conf = fewshot.one_shot_confusion(z)
+    n_classes, n = z.shape[:2]
+    for a in range(n_classes):
+        for b in range(n_classes):
+            if a == b:
+                assert conf[a, b] == 0
+                continue
+            wins, total = 0, 0
+            for i in range(n):
+                for j in range(n):
+                    if j == i:
+                        continue
+                    for k in range(n):
+                        wins += int(((z[a, i] - z[b, k]) ** 2).sum() < ((z[a, i] - z[a, j]) ** 2).sum())
+                        total += 1
+            assert conf[a, b].item() == pytest.approx(wins / total, abs=1e-12)
+    with pytest.raises(ValueError, match="instances >= 2"):
+        fewshot.one_shot_confusion(torch.zeros(3, 1, 2))
+
+
+def test_expected_accuracy_of_known_confusions():
+    conf = torch.zeros(6, 6)
+    assert torch.allclose(fewshot.expected_accuracy(conf, 5), torch.ones(6, dtype=torch.float64))
+    conf[0, 1] = 1.0  # class 0 always loses to class 1: right only when 1 is not among its 4 distractors (1/5)
+    acc = fewshot.expected_accuracy(conf, 5)
+    assert acc[0].item() == pytest.approx(1 / 5, abs=1e-12) and acc[1:].eq(1).all()
+    # against a brute-force average over every set of distractors
+    import itertools
+    conf = torch.rand(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64) / 2
+    conf.fill_diagonal_(0)
+    for a in range(6):
+        sets = list(itertools.combinations([b for b in range(6) if b != a], 2))
+        brute = sum(float(torch.prod(1 - conf[a, list(c)])) for c in sets) / len(sets)
+        assert fewshot.expected_accuracy(conf, 3)[a].item() == pytest.approx(brute, abs=1e-12)
+    with pytest.raises(ValueError, match="n_way must be between 2 and the 6 classes, got 7"):
+        fewshot.expected_accuracy(conf, 7)
+
+
+def test_confusion_report_names_the_confused_classes():
+    data = pattern_dataset(n_classes=6, n_per_class=4)
+    data.images[1] = data.images[0]  # classes 0 and 1 identical: the pair to find
+    conf = fewshot.one_shot_confusion(data.images.flatten(2).float())
+    report = fewshot.confusion_report(conf, data, n_way=3, top=2)
+    assert set(report["pairs"]["class"].iloc[:1]) | set(report["pairs"]["confused with"].iloc[:1]) == {"c0", "c1"}
+    assert set(report["classes"]["class"]) == {"c0", "c1"} and report["share"] > 0.9
+    assert report["expected_accuracy"] < 1.0

@@ -123,7 +123,15 @@ def test_prototypes_are_framed_like_omniglot(small_protos):
 def test_helpers_match_their_reference_ops():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 10, 10, generator=g)
-    assert torch.equal(G._max3x3(x), F.max_pool2d(x, 3, stride=1, padding=1))
+    assert torch.equal(G._extremum3x3(x), F.max_pool2d(x, 3, stride=1, padding=1))
+    assert torch.equal(G._extremum3x3(x, torch.minimum), -F.max_pool2d(-x, 3, stride=1, padding=1))
+    blur = torch.tensor([1.0, 2.0, 1.0]) / 4
+    kernel = (blur[:, None] * blur[None])[None, None]  # the separable [1, 2, 1] / 4 blur, zero padding
+    assert torch.allclose(G._blur121(x), F.conv2d(x, kernel, padding=1), atol=1e-6)
+    steps = torch.tensor([0.5, -0.25, 0.0])
+    ref = x + steps.view(-1, 1, 1, 1) * torch.where(steps.view(-1, 1, 1, 1) > 0, F.max_pool2d(x, 3, 1, 1) - x,
+                                                      x + F.max_pool2d(-x, 3, 1, 1))
+    assert torch.allclose(G._change_stroke(x, steps), ref, atol=1e-6)
     params = G.sample_distortions(4, g)
     theta = G._sampling_grids(params)
     assert torch.allclose(G._grid(theta, 12), F.affine_grid(theta, [4, 1, 12, 12], align_corners=False), atol=1e-6)

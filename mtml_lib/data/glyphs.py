@@ -243,17 +243,18 @@ def _render(font, ch: str, settings: RenderSettings) -> np.ndarray | None:
     return np.asarray(canvas)
 
 
-def _max3x3(x: torch.Tensor) -> torch.Tensor:
-    """3 x 3 maximum filter of ``(..., H, W)`` (a grey-level dilation), from shifted slices.
+def _extremum3x3(x: torch.Tensor, op=torch.maximum) -> torch.Tensor:
+    """3 x 3 maximum (``op=torch.maximum``, a grey-level dilation) or minimum (``torch.minimum``, an erosion)
+    filter of ``(..., H, W)``, from shifted slices.
 
-    ``F.max_pool2d`` with stride 1 computes the same but is several times slower on CPU.
+    ``F.max_pool2d`` with stride 1 computes the maximum too but is several times slower on CPU.
     """
     rows = x.clone()
-    torch.maximum(rows[..., 1:], x[..., :-1], out=rows[..., 1:])
-    torch.maximum(rows[..., :-1], x[..., 1:], out=rows[..., :-1])
+    op(rows[..., 1:], x[..., :-1], out=rows[..., 1:])
+    op(rows[..., :-1], x[..., 1:], out=rows[..., :-1])
     out = rows.clone()
-    torch.maximum(out[..., 1:, :], rows[..., :-1, :], out=out[..., 1:, :])
-    torch.maximum(out[..., :-1, :], rows[..., 1:, :], out=out[..., :-1, :])
+    op(out[..., 1:, :], rows[..., :-1, :], out=out[..., 1:, :])
+    op(out[..., :-1, :], rows[..., 1:, :], out=out[..., :-1, :])
     return out
 
 
@@ -266,12 +267,11 @@ def _change_stroke(x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     if steps.abs().max() > 1:
         raise ValueError(f"stroke steps must lie in [-1, 1], got {steps.abs().max().item():.3f}")
     x = x.clone()
-    for sign in (1, -1):
+    for sign, op in ((1, torch.maximum), (-1, torch.minimum)):
         idx = (steps * sign > 0).nonzero().flatten()
         if len(idx):
             part = x[idx]
-            moved = _max3x3(part) if sign > 0 else -_max3x3(-part)
-            x[idx] = part + (steps[idx] * sign).view(-1, 1, 1, 1) * (moved - part)
+            x[idx] = part.lerp_(_extremum3x3(part, op), (steps[idx] * sign).view(-1, 1, 1, 1))
     return x
 
 
@@ -602,11 +602,11 @@ def _grid(theta: torch.Tensor, size: int) -> torch.Tensor:
 def _blur121(x: torch.Tensor) -> torch.Tensor:
     """Separable [1, 2, 1] / 4 blur of ``(..., H, W)``: the antialiasing filter before 2x subsampling."""
     y = x * 0.5
-    y[..., 1:] += 0.25 * x[..., :-1]
-    y[..., :-1] += 0.25 * x[..., 1:]
+    y[..., 1:].add_(x[..., :-1], alpha=0.25)
+    y[..., :-1].add_(x[..., 1:], alpha=0.25)
     z = y * 0.5
-    z[..., 1:, :] += 0.25 * y[..., :-1, :]
-    z[..., :-1, :] += 0.25 * y[..., 1:, :]
+    z[..., 1:, :].add_(y[..., :-1, :], alpha=0.25)
+    z[..., :-1, :].add_(y[..., 1:, :], alpha=0.25)
     return z
 
 
