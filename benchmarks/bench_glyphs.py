@@ -49,7 +49,7 @@ def reference_warp(prototypes: torch.Tensor, params: dict[str, torch.Tensor], su
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=2048, help="images per timed call")
+    parser.add_argument("--batch", type=int, default=512, help="images per timed call (make_instances warps 512 at a time)")
     parser.add_argument("--repeats", type=int, default=7, help="rounds (the median is reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--split", default="test", help="split drawn end to end by make_instances")
