@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -175,23 +176,40 @@ class _RefreshingSampler:
         self.sampler = EpisodeSampler(data, spec.n_way, spec.k_shot, spec.n_query, seed=seed)
         self.calls = 0
 
+    def _refresh(self, round_: int) -> None:
+        self.sampler = EpisodeSampler(self.train_data(round_), self.spec.n_way, self.spec.k_shot, self.spec.n_query,
+                                      seed=self.seed + round_ * self.spec.refresh_every + 1)
+
     def __call__(self, n_tasks: int) -> TaskBatch:
         every = self.spec.refresh_every
         if callable(self.train_data) and every and self.calls > 0 and self.calls % every == 0:
-            self.sampler = EpisodeSampler(self.train_data(self.calls // every), self.spec.n_way, self.spec.k_shot,
-                                          self.spec.n_query, seed=self.seed + self.calls + 1)
+            self._refresh(self.calls // every)
         self.calls += 1
         return self.sampler.sample(n_tasks).to(self.device)
 
+    def state_dict(self) -> dict:
+        return {"calls": self.calls, "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Rebuild the round of instances in use after ``state["calls"]`` calls and its sampler's random state."""
+        self.calls = int(state["calls"])
+        every = self.spec.refresh_every
+        if callable(self.train_data) and every and self.calls > every:
+            self._refresh((self.calls - 1) // every)
+        self.sampler.load_state_dict(state["sampler"])
+
 
 def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDataset], val_data: ClassDataset,
-          seed: int = 0, device: torch.device | str = "cpu", verbose: bool = False) -> TrainResult:
+          seed: int = 0, device: torch.device | str = "cpu", verbose: bool = False,
+          checkpoint: str | Path | None = None) -> TrainResult:
     """Meta-train the learner of ``spec`` on episodes of ``train_data``; keep the best-on-validation parameters.
 
     ``train_data`` is a data set, or a function ``round -> data set`` called every ``spec.refresh_every``
     iterations for fresh instances (round 0 at the start). Validation uses the same ``spec.val_episodes``
     episodes at every check (seeded), at the end of every ``spec.val_every`` iterations and at the last one.
-    The loop is :func:`mtml_lib.meta.meta_train` with its validation hook.
+    The loop is :func:`mtml_lib.meta.meta_train` with its validation hook; ``checkpoint`` (a file) makes
+    the run resumable: it is written at every validation, and an interrupted run started again with the
+    same arguments continues from it and ends with the same parameters as an uninterrupted one.
     """
     torch.manual_seed(seed)
     sample = _RefreshingSampler(train_data, spec, seed, device)
@@ -207,7 +225,7 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
     if verbose:
         print(f"{spec.name}:", flush=True)
     history = meta_train(learner, sample, spec.iterations, spec.meta_batch, spec.meta_lr, log_every=spec.val_every,
-                         cosine=spec.cosine, validate=validate, verbose=verbose)
+                         cosine=spec.cosine, validate=validate, verbose=verbose, checkpoint=checkpoint)
     return TrainResult(spec=spec, learner=learner, iterations=history.iterations, train_loss=history.loss,
                        val_accuracy=history.val_score, best_iteration=history.best_iteration,
                        best_val_accuracy=history.best_score, seconds=history.seconds)

@@ -152,3 +152,71 @@ def test_confusion_report_names_the_confused_classes():
     assert set(report["pairs"]["class"].iloc[:1]) | set(report["pairs"]["confused with"].iloc[:1]) == {"c0", "c1"}
     assert set(report["classes"]["class"]) == {"c0", "c1"} and report["share"] > 0.9
     assert report["expected_accuracy"] < 1.0
+
+
+# ----------------------------------------------------------------------------------------- resuming
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_at_validation(monkeypatch, call: int):
+    """Make the ``call``-th validation (1-based) of fewshot.train raise, as a crash or a kill would."""
+    real, calls = fewshot.episode_accuracy, {"n": 0}
+
+    def flaky(learner, batch, steps=None):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Interrupt
+        return real(learner, batch, steps)
+
+    monkeypatch.setattr(fewshot, "episode_accuracy", flaky)
+
+
+@pytest.mark.parametrize("learner", ["protonet", "maml"])
+def test_an_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, learner):
+    train = lambda r: pattern_dataset(n_classes=8, n_per_class=6, seed=10 + r)  # noqa: E731 (fresh instances per round)
+    val = pattern_dataset(n_classes=5, seed=99, split="val")
+    spec = fewshot.TrainSpec(learner, n_way=3, n_query=2, meta_batch=2, iterations=12, hidden=4, val_every=3,
+                             val_episodes=4, refresh_every=5, inner_lr=0.1)
+    straight = fewshot.train(spec, train, val, seed=1)
+
+    path = tmp_path / "run.pt"
+    _interrupt_at_validation(monkeypatch, call=3)  # dies in the validation of iteration 9: the file holds iteration 6
+    with pytest.raises(Interrupt):
+        fewshot.train(spec, train, val, seed=1, checkpoint=path)
+    monkeypatch.undo()
+    resumed = fewshot.train(spec, train, val, seed=1, checkpoint=path)
+
+    assert resumed.iterations == straight.iterations == [3, 6, 9, 12]
+    assert resumed.train_loss == straight.train_loss and resumed.val_accuracy == straight.val_accuracy
+    assert resumed.best_iteration == straight.best_iteration
+    a, b = straight.learner.state_dict(), resumed.learner.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # a finished run comes back from its file without a single training step
+    monkeypatch.setattr(type(resumed.learner), "meta_step", lambda *args: pytest.fail("trained again"))
+    again = fewshot.train(spec, train, val, seed=1, checkpoint=path)
+    assert again.val_accuracy == straight.val_accuracy
+    assert all(torch.equal(a[k], again.learner.state_dict()[k]) for k in a)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    from mtml_lib.checkpoint import CheckpointError, save_checkpoint
+
+    data, val = pattern_dataset(), pattern_dataset(n_classes=5, seed=99, split="val")
+    spec = fewshot.TrainSpec("protonet", n_way=3, n_query=2, iterations=4, hidden=4, val_every=2, val_episodes=4)
+    path = tmp_path / "run.pt"
+    fewshot.train(spec, data, val, checkpoint=path)
+    longer = fewshot.TrainSpec("protonet", n_way=3, n_query=2, iterations=8, hidden=4, val_every=2, val_episodes=4)
+    with pytest.raises(CheckpointError, match="another training run .*n_iterations: 4 in the checkpoint, 8 now"):
+        fewshot.train(longer, data, val, checkpoint=path)
+    wider = fewshot.TrainSpec("protonet", n_way=3, n_query=2, iterations=4, hidden=6, val_every=2, val_episodes=4)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        fewshot.train(wider, data, val, checkpoint=path)
+    other = tmp_path / "model.pt"
+    save_checkpoint(other, fewshot.make_learner(spec, image_size=16))
+    with pytest.raises(CheckpointError, match="not written by meta_train"):
+        fewshot.train(spec, data, val, checkpoint=other)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        fewshot.train(spec, data, val, checkpoint=path)

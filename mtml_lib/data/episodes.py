@@ -173,6 +173,13 @@ class EpisodeSampler:
             for row_c, row_i in zip(classes, order)
         ])
 
+    def state_dict(self) -> dict:
+        """The random state, so that a resumed run draws the episodes it would have drawn."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def __call__(self, n_tasks: int) -> TaskBatch:
         """Same as :meth:`sample`: a sampler is a callable ``sample(n_tasks) -> TaskBatch``."""
         return self.sample(n_tasks)

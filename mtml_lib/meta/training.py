@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,9 +60,55 @@ def _log_window(history: History, window: list[torch.Tensor], it: int, n_iterati
     return window
 
 
+def _resume(checkpoint: Path, learner: nn.Module, optimizer, scheduler, sample, history: History,
+            settings: dict) -> tuple[int, dict | None]:
+    """Load a :func:`meta_train` checkpoint into the loop's objects; return its iteration and best state."""
+    from mtml_lib.checkpoint import CheckpointError, load_checkpoint
+
+    device = next(learner.parameters(), torch.empty(0)).device
+    payload = load_checkpoint(checkpoint, learner, map_location=device)
+    state = payload["extra"]
+    if state.get("kind") != "meta_train":
+        raise CheckpointError(f"checkpoint {checkpoint} was not written by meta_train; delete it or pass another path")
+    differ = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
+    if differ:
+        listed = ", ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in differ.items())
+        raise CheckpointError(f"checkpoint {checkpoint} belongs to another training run ({listed}); "
+                              "delete it to start afresh or pass another path")
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if hasattr(sample, "load_state_dict"):
+        sample.load_state_dict(state["sampler"])
+    torch.set_rng_state(state["rng"])
+    for name in ("iterations", "loss", "val_score", "best_iteration", "best_score", "seconds"):
+        setattr(history, name, state["history"][name])
+    return int(state["iteration"]), state["best_state"]
+
+
+def _save(checkpoint: Path, learner, optimizer, scheduler, sample, history: History, settings: dict, it: int,
+          best_state: dict | None) -> None:
+    from mtml_lib.checkpoint import save_checkpoint
+
+    save_checkpoint(checkpoint, learner, extra={
+        "kind": "meta_train",
+        "settings": settings,
+        "iteration": it,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "sampler": sample.state_dict() if hasattr(sample, "state_dict") else None,
+        "rng": torch.get_rng_state(),
+        "best_state": {k: v.detach().cpu() for k, v in best_state.items()} if best_state is not None else None,
+        "history": {"iterations": list(history.iterations), "loss": list(history.loss),
+                    "val_score": list(history.val_score), "best_iteration": history.best_iteration,
+                    "best_score": history.best_score, "seconds": history.seconds},
+    })
+
+
 def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batch: int = 25,
                meta_lr: float = 1e-3, log_every: int = 100, cosine: bool = False,
-               validate: Callable[[nn.Module], float] | None = None, verbose: bool = False) -> History:
+               validate: Callable[[nn.Module], float] | None = None, verbose: bool = False,
+               checkpoint: str | Path | None = None) -> History:
     """Meta-train ``learner`` with Adam(``meta_lr``) on ``n_iterations`` fresh meta-batches of ``meta_batch``
     tasks. Returns the :class:`History` of the mean query loss, averaged over windows of ``log_every``.
 
@@ -70,14 +117,29 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
     ``learner -> score`` (higher is better, for example accuracy on fixed validation episodes) called at
     every log; the parameters of the best score (the first, on ties) are loaded back at the end, so the
     test set never chooses the model. ``verbose`` prints a line at every log.
+
+    ``checkpoint``: a file written at every log (learner, optimizer, schedule, the sampler's random state
+    when it has ``state_dict``, the best parameters and the history). When the file exists the run resumes
+    from it and ends as the uninterrupted run would have (a finished run returns at once); a checkpoint of
+    a run with other settings raises :class:`mtml_lib.checkpoint.CheckpointError`.
     """
     _check_training(n_iterations, meta_batch, meta_lr, log_every)
     optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_iterations) if cosine else None
     history, window = History(), []
     best_state = None
+    done = 0
+    settings = {"n_iterations": n_iterations, "meta_batch": meta_batch, "meta_lr": float(meta_lr),
+                "log_every": log_every, "cosine": bool(cosine), "validate": validate is not None}
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if checkpoint.exists():
+            done, best_state = _resume(checkpoint, learner, optimizer, scheduler, sample, history, settings)
+            if verbose:
+                print(f"resumed from {checkpoint} at iteration {done}/{n_iterations}", flush=True)
+    seconds_before = history.seconds
     start = time.perf_counter()
-    for it in range(1, n_iterations + 1):
+    for it in range(done + 1, n_iterations + 1):
         window.append(learner.meta_step(optimizer, sample(meta_batch)).loss)
         if scheduler is not None:
             scheduler.step()
@@ -95,11 +157,14 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
                 history.best_score, history.best_iteration = score, it
                 best_state = copy.deepcopy(learner.state_dict())
             line += f" validation {score:.4f}"
+        history.seconds = seconds_before + time.perf_counter() - start
+        if checkpoint is not None:
+            _save(checkpoint, learner, optimizer, scheduler, sample, history, settings, it, best_state)
         if verbose:
-            print(f"{line} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(f"{line} ({history.seconds:.0f} s)", flush=True)
     if best_state is not None:
         learner.load_state_dict(best_state)
-    history.seconds = time.perf_counter() - start
+    history.seconds = seconds_before + time.perf_counter() - start
     return history
 
 
