@@ -313,6 +313,22 @@ def confusion_report(confusion: torch.Tensor, data: ClassDataset, n_way: int = 5
             "expected_accuracy": float(accuracy.mean())}
 
 
+def checkpoint_path(spec: TrainSpec, seed: int, data_key: str, root: str | Path | None = None) -> Path:
+    """Where :func:`train` keeps the resumable state of one learner: ``root`` (default
+    ``config.cache_dir()/fewshot``) / ``<learner>-<digest>.pt``, the digest covering the whole spec, the seed
+    and ``data_key`` (what identifies the training data, e.g. the data set's version and fonts), so that a
+    changed setting never resumes from another run's file."""
+    import hashlib
+    import json
+
+    from mtml_lib import config
+
+    root = Path(root) if root is not None else config.cache_dir() / "fewshot"
+    key = json.dumps({"spec": dataclasses.asdict(spec), "seed": int(seed), "data": data_key}, sort_keys=True)
+    slug = spec.name.lower().replace(" ", "-")
+    return root / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+
+
 def spec_table(specs) -> "pd.DataFrame":
     """The training settings of ``specs`` as a table (one row per learner)."""
     import pandas as pd

@@ -220,3 +220,14 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         fewshot.train(spec, data, val, checkpoint=path)
+
+
+def test_checkpoint_path_changes_with_every_setting(tmp_path):
+    spec = fewshot.TrainSpec("maml", n_way=5)
+    base = fewshot.checkpoint_path(spec, 0, "glyphs-v2", tmp_path)
+    assert base.parent == tmp_path and base.name.startswith("maml-5-way-") and base.suffix == ".pt"
+    assert base == fewshot.checkpoint_path(fewshot.TrainSpec("maml", n_way=5), 0, "glyphs-v2", tmp_path)
+    others = {fewshot.checkpoint_path(fewshot.TrainSpec("maml", n_way=5, hidden=32), 0, "glyphs-v2", tmp_path),
+              fewshot.checkpoint_path(spec, 1, "glyphs-v2", tmp_path),
+              fewshot.checkpoint_path(spec, 0, "glyphs-v3", tmp_path)}
+    assert base not in others and len(others) == 3

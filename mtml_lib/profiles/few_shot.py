@@ -8,6 +8,9 @@ learner for minutes on a CPU: Conv4 with 32 filters, ProtoNets on 20-way episode
 only for 5-way and briefly (200 meta-batches of 4 tasks, Adam 2e-3: in so short a run smaller batches and
 a larger step beat the published 32 tasks and 1e-3), tested with one inner step as trained.
 ``smoke`` only checks that the notebook runs (a few fonts, a few classes, a few iterations).
+``full`` is resumable: each learner's training state is written to the cache at every validation, so a run
+that stops (a time limit, a crash) continues where it was when started again; delete
+``<cache>/fewshot`` to train from scratch.
 """
 
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ class FewShotProfile:
     omniglot_episodes: int = 600  # test episodes on Omniglot (when its files are present)
     omniglot_settings: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1))  # (n_way, k_shot) on Omniglot
     threads: int = 1  # CPU threads: one is fastest on a busy machine; raise it on an idle multi-core CPU
+    resumable: bool = False  # keep each learner's training state in the cache; a rerun continues it
 
 
 def _maml_family(n_way: int, **kwargs) -> tuple[TrainSpec, ...]:
@@ -67,5 +71,6 @@ PROFILES = {
                        val_every=2000, val_episodes=600, refresh_every=5000),
         eval_query=15,
         steps_episodes=600,
+        resumable=True,
     ),
 }
