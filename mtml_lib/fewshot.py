@@ -4,6 +4,9 @@ One :class:`TrainSpec` describes one learner and how it is meta-trained; :func:`
 validation-based model selection (the parameters with the best validation accuracy are kept, never the
 test-selected ones); :func:`evaluate` measures accuracy on fresh test episodes with a 95% confidence
 interval; :func:`accuracy_vs_steps` gives the MAML family's accuracy after each adaptation step.
+``train(..., checkpoint=fewshot.checkpoint_path(...))`` makes a long run resumable. For error analysis,
+:func:`one_shot_confusion` and :func:`expected_accuracy` take a ProtoNet's 1-shot errors apart class pair
+by class pair, and :func:`confusion_report` names the classes and pairs behind them.
 
 Learners (all on the Conv4 backbone, ``norm="plain"`` unless the spec says otherwise):
 

@@ -44,7 +44,9 @@ target) -> scalar`` of one task (``F.mse_loss`` for regression, ``F.cross_entrop
 ``meta_loss(batch)`` returns the differentiable meta-objective (``.loss.backward()`` works);
 ``meta_gradient(batch)`` returns the gradients by parameter name without touching ``.grad``. For
 teaching, ``learner.clone()`` gives the three-line façade of :mod:`mtml_lib.meta.facade`.
-:func:`meta_train` and :func:`pretrain` (the joint-training baseline) are the training loops.
+:func:`meta_train` and :func:`pretrain` (the joint-training baseline) are the training loops;
+``meta_train`` takes a validation hook (the best-validated parameters are kept), a cosine schedule and a
+checkpoint file from which an interrupted run resumes exactly.
 
 Execution paths
 ---------------
