@@ -9,6 +9,7 @@ leaves a half-written checkpoint under the real name.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -50,7 +51,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: dict[str, Any] | 
         "state_dict": state,
         "sha256": _digest(state),
         "extra": extra or {},
-        "provenance": run.metadata() if run is not None else {},
+        "provenance": json.loads(json.dumps(run.metadata(), default=str)) if run is not None else {},
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)

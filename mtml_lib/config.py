@@ -200,7 +200,7 @@ class Run:
             "profile": self.profile,
             "seed": self.seed,
             "device": str(self.device),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a plain str (torch's TorchVersion does not load with weights_only)
             "python": platform.python_version(),
             "git_commit": self.commit,
             "started_at": self.started_at,

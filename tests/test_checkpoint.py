@@ -16,6 +16,17 @@ def test_roundtrip_restores_parameters_and_extra(tmp_path):
     assert not (tmp_path / "m.pt.tmp").exists()
 
 
+def test_a_checkpoint_saved_during_a_run_carries_its_provenance_and_loads(tmp_path, monkeypatch):
+    from mtml_lib import config
+
+    monkeypatch.setattr(config, "_CURRENT", config.current_run())  # the run started below ends with the test
+    config.setup("01_math_model", "smoke", "cpu", seed=3, verbose=False)
+    save_checkpoint(tmp_path / "m.pt", MLP([2, 8, 1]))
+    provenance = load_checkpoint(tmp_path / "m.pt", MLP([2, 8, 1]))["provenance"]  # loads with weights_only
+    assert provenance["notebook"] == "01_math_model" and provenance["seed"] == 3
+    assert provenance["torch"] == torch.__version__ and type(provenance["torch"]) is str
+
+
 def test_truncated_file_is_a_clear_error(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", MLP([2, 8, 1]))
     path.write_bytes(path.read_bytes()[:100])
