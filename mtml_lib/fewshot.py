@@ -18,6 +18,7 @@ Learners (all on the Conv4 backbone, ``norm="plain"`` unless the spec says other
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -174,19 +175,20 @@ class _RefreshingSampler:
 
     def __init__(self, train_data, spec: TrainSpec, seed: int, device):
         self.train_data, self.spec, self.seed, self.device = train_data, spec, seed, device
-        data = train_data(0) if callable(train_data) else train_data
-        self.image_shape = data.image_shape
-        self.sampler = EpisodeSampler(data, spec.n_way, spec.k_shot, spec.n_query, seed=seed)
+        self.refreshing = callable(train_data) and bool(spec.refresh_every)
         self.calls = 0
+        self._build(0)
+        self.image_shape = self.data.image_shape
 
-    def _refresh(self, round_: int) -> None:
-        self.sampler = EpisodeSampler(self.train_data(round_), self.spec.n_way, self.spec.k_shot, self.spec.n_query,
-                                      seed=self.seed + round_ * self.spec.refresh_every + 1)
+    def _build(self, round_: int) -> None:
+        """The data set and a fresh sampler of round ``round_`` (round 0: the sampler seeded with ``seed``)."""
+        self.data = self.train_data(round_) if callable(self.train_data) else self.train_data
+        seed = self.seed if round_ == 0 else self.seed + round_ * self.spec.refresh_every + 1
+        self.sampler = EpisodeSampler(self.data, self.spec.n_way, self.spec.k_shot, self.spec.n_query, seed=seed)
 
     def __call__(self, n_tasks: int) -> TaskBatch:
-        every = self.spec.refresh_every
-        if callable(self.train_data) and every and self.calls > 0 and self.calls % every == 0:
-            self._refresh(self.calls // every)
+        if self.refreshing and self.calls > 0 and self.calls % self.spec.refresh_every == 0:
+            self._build(self.calls // self.spec.refresh_every)
         self.calls += 1
         return self.sampler.sample(n_tasks).to(self.device)
 
@@ -196,10 +198,15 @@ class _RefreshingSampler:
     def load_state_dict(self, state: dict) -> None:
         """Rebuild the round of instances in use after ``state["calls"]`` calls and its sampler's random state."""
         self.calls = int(state["calls"])
-        every = self.spec.refresh_every
-        if callable(self.train_data) and every and self.calls > every:
-            self._refresh((self.calls - 1) // every)
+        round_ = (self.calls - 1) // self.spec.refresh_every if self.refreshing and self.calls > 0 else 0
+        self._build(round_)
         self.sampler.load_state_dict(state["sampler"])
+
+    def key(self) -> dict:
+        """What identifies the training stream (stored in a checkpoint, so another run's file is refused)."""
+        return {"info": {k: str(v) for k, v in self.data.info.items() if k != "draw"}, "classes": len(self.data),
+                "n_per_class": self.data.n_per_class, "image_shape": list(self.image_shape),
+                "refreshing": self.refreshing}
 
 
 def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDataset], val_data: ClassDataset,
@@ -227,8 +234,11 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
 
     if verbose:
         print(f"{spec.name}:", flush=True)
+    key = {"spec": as_dict(spec), "seed": int(seed), "data": sample.key(),
+           "val": {"classes": len(val_data), "info": {k: str(v) for k, v in val_data.info.items()}}}
     history = meta_train(learner, sample, spec.iterations, spec.meta_batch, spec.meta_lr, log_every=spec.val_every,
-                         cosine=spec.cosine, validate=validate, verbose=verbose, checkpoint=checkpoint)
+                         cosine=spec.cosine, validate=validate, verbose=verbose, checkpoint=checkpoint,
+                         key=json.dumps(key, sort_keys=True))
     return TrainResult(spec=spec, learner=learner, iterations=history.iterations, train_loss=history.loss,
                        val_accuracy=history.val_score, best_iteration=history.best_iteration,
                        best_val_accuracy=history.best_score, seconds=history.seconds)
@@ -291,28 +301,35 @@ def expected_accuracy(confusion: torch.Tensor, n_way: int) -> torch.Tensor:
 
 
 def confusion_report(confusion: torch.Tensor, data: ClassDataset, n_way: int = 5, top: int = 10) -> dict:
-    """The classes and pairs behind the errors: ``{"classes", "pairs", "share"}``.
+    """The classes and pairs behind the errors: ``{"classes", "pairs", "share", "expected_accuracy"}``.
 
     ``classes``: the ``top`` classes of lowest expected ``n_way``-way 1-shot accuracy (:func:`expected_accuracy`);
     ``pairs``: the ``top`` most confused pairs (both directions summed); ``share``: the fraction of all
-    expected errors that the ``top`` classes account for.
+    expected errors that the ``top`` classes account for (0 when there are no errors);
+    ``expected_accuracy``: the mean over classes.
     """
     import pandas as pd
 
+    n_classes = len(confusion)
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    top_classes, top_pairs = min(top, n_classes), min(top, n_classes * (n_classes - 1) // 2)
     accuracy = expected_accuracy(confusion, n_way)
     error = 1.0 - accuracy
-    order = error.argsort(descending=True)[:top].tolist()
+    order = error.argsort(descending=True)[:top_classes].tolist()
     classes = pd.DataFrame({"class": [data.class_names[c] for c in order], "alphabet": [data.groups[c] for c in order],
                             f"{n_way}-way 1-shot error (%)": [round(100 * float(error[c]), 1) for c in order]})
-    both = torch.triu(confusion + confusion.T, diagonal=1)
-    flat = both.flatten().argsort(descending=True)[:top].tolist()
+    rows, cols = torch.triu_indices(n_classes, n_classes, offset=1)  # each unordered pair once
+    both = (confusion + confusion.T)[rows, cols]
+    picked = both.argsort(descending=True)[:top_pairs].tolist()
     pairs = pd.DataFrame({
-        "class": [data.class_names[i // len(both)] for i in flat],
-        "confused with": [data.class_names[i % len(both)] for i in flat],
-        "alphabets": [f"{data.groups[i // len(both)]} / {data.groups[i % len(both)]}" for i in flat],
-        "2-way error, both ways (%)": [round(100 * float(both.flatten()[i]), 1) for i in flat],
+        "class": [data.class_names[rows[i]] for i in picked],
+        "confused with": [data.class_names[cols[i]] for i in picked],
+        "alphabets": [f"{data.groups[rows[i]]} / {data.groups[cols[i]]}" for i in picked],
+        "2-way error, both ways (%)": [round(100 * float(both[i]), 1) for i in picked],
     })
-    return {"classes": classes, "pairs": pairs, "share": float(error[order].sum() / error.sum()),
+    total = float(error.sum())
+    return {"classes": classes, "pairs": pairs, "share": float(error[order].sum()) / total if total > 0 else 0.0,
             "expected_accuracy": float(accuracy.mean())}
 
 

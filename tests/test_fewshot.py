@@ -213,6 +213,13 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     wider = fewshot.TrainSpec("protonet", n_way=3, n_query=2, iterations=4, hidden=6, val_every=2, val_episodes=4)
     with pytest.raises(CheckpointError, match="does not fit"):
         fewshot.train(wider, data, val, checkpoint=path)
+    five_way = fewshot.TrainSpec("protonet", n_way=5, n_query=2, iterations=4, hidden=4, val_every=2, val_episodes=4)
+    with pytest.raises(CheckpointError, match=r"another training run \(the learner's settings, seed or data"):
+        fewshot.train(five_way, data, val, checkpoint=path)  # same network and loop, other episodes
+    with pytest.raises(CheckpointError, match="seed or data"):
+        fewshot.train(spec, data, val, seed=1, checkpoint=path)
+    with pytest.raises(CheckpointError, match="seed or data"):
+        fewshot.train(spec, pattern_dataset(n_classes=12), val, checkpoint=path)
     other = tmp_path / "model.pt"
     save_checkpoint(other, fewshot.make_learner(spec, image_size=16))
     with pytest.raises(CheckpointError, match="not written by meta_train"):
@@ -250,3 +257,27 @@ def test_every_learner_of_the_full_profile_trains_and_evaluates():
             if spec.serves(n_way):
                 acc = fewshot.evaluate(result.learner, val, n_way, k_shot, n_query=1, n_episodes=2)
                 assert 0.0 <= acc["mean"] <= 1.0, (spec.name, n_way, k_shot)
+
+
+def test_the_refreshing_sampler_resumes_at_every_call_count():
+    # the state after any number of calls, loaded into a new sampler, gives the batches the old one gives next
+    spec = fewshot.TrainSpec("protonet", n_way=3, n_query=2, refresh_every=5)
+    train = lambda r: pattern_dataset(n_classes=8, n_per_class=6, seed=10 + r)  # noqa: E731
+    for calls in range(0, 22):
+        original = fewshot._RefreshingSampler(train, spec, seed=4, device="cpu")
+        for _ in range(calls):
+            original(2)
+        copy = fewshot._RefreshingSampler(train, spec, seed=4, device="cpu")
+        copy.load_state_dict(original.state_dict())
+        for _ in range(7):
+            a, b = original(2), copy(2)
+            assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x), calls
+
+
+def test_a_resumable_run_needs_a_sampler_with_state(tmp_path):
+    from mtml_lib.meta import meta_train
+
+    learner = fewshot.make_learner(fewshot.TrainSpec("protonet", hidden=4), image_size=16)
+    sampler = EpisodeSampler(pattern_dataset(), 3, 1, 2, seed=0)
+    with pytest.raises(TypeError, match="resumable run needs a sampler with state_dict.*got function"):
+        meta_train(learner, lambda n: sampler.sample(n), 2, meta_batch=1, log_every=1, checkpoint=tmp_path / "r.pt")

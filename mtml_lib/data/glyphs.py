@@ -271,7 +271,7 @@ def _change_stroke(x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         idx = (steps * sign > 0).nonzero().flatten()
         if len(idx):
             part = x[idx]
-            x[idx] = part.lerp_(_extremum3x3(part, op), (steps[idx] * sign).view(-1, 1, 1, 1))
+            x[idx] = part.lerp_(_extremum3x3(part, op), (steps[idx] * sign).to(part.dtype).view(-1, 1, 1, 1))
     return x
 
 

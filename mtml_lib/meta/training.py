@@ -65,22 +65,24 @@ def _resume(checkpoint: Path, learner: nn.Module, optimizer, scheduler, sample, 
     """Load a :func:`meta_train` checkpoint into the loop's objects; return its iteration and best state."""
     from mtml_lib.checkpoint import CheckpointError, load_checkpoint
 
-    device = next(learner.parameters(), torch.empty(0)).device
-    payload = load_checkpoint(checkpoint, learner, map_location=device)
+    # on the CPU first: random states must be CPU tensors; load_state_dict moves the rest to the parameters
+    payload = load_checkpoint(checkpoint, learner, map_location="cpu")
     state = payload["extra"]
     if state.get("kind") != "meta_train":
         raise CheckpointError(f"checkpoint {checkpoint} was not written by meta_train; delete it or pass another path")
     differ = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
     if differ:
-        listed = ", ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in differ.items())
+        listed = ", ".join("the learner's settings, seed or data (key)" if k == "key" else
+                           f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in differ.items())
         raise CheckpointError(f"checkpoint {checkpoint} belongs to another training run ({listed}); "
                               "delete it to start afresh or pass another path")
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
-    if hasattr(sample, "load_state_dict"):
-        sample.load_state_dict(state["sampler"])
+    sample.load_state_dict(state["sampler"])
     torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     for name in ("iterations", "loss", "val_score", "best_iteration", "best_score", "seconds"):
         setattr(history, name, state["history"][name])
     return int(state["iteration"]), state["best_state"]
@@ -96,8 +98,9 @@ def _save(checkpoint: Path, learner, optimizer, scheduler, sample, history: Hist
         "iteration": it,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "sampler": sample.state_dict() if hasattr(sample, "state_dict") else None,
+        "sampler": sample.state_dict(),
         "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "best_state": {k: v.detach().cpu() for k, v in best_state.items()} if best_state is not None else None,
         "history": {"iterations": list(history.iterations), "loss": list(history.loss),
                     "val_score": list(history.val_score), "best_iteration": history.best_iteration,
@@ -108,7 +111,7 @@ def _save(checkpoint: Path, learner, optimizer, scheduler, sample, history: Hist
 def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batch: int = 25,
                meta_lr: float = 1e-3, log_every: int = 100, cosine: bool = False,
                validate: Callable[[nn.Module], float] | None = None, verbose: bool = False,
-               checkpoint: str | Path | None = None) -> History:
+               checkpoint: str | Path | None = None, key: str = "") -> History:
     """Meta-train ``learner`` with Adam(``meta_lr``) on ``n_iterations`` fresh meta-batches of ``meta_batch``
     tasks. Returns the :class:`History` of the mean query loss, averaged over windows of ``log_every``.
 
@@ -118,10 +121,15 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
     every log; the parameters of the best score (the first, on ties) are loaded back at the end, so the
     test set never chooses the model. ``verbose`` prints a line at every log.
 
-    ``checkpoint``: a file written at every log (learner, optimizer, schedule, the sampler's random state
-    when it has ``state_dict``, the best parameters and the history). When the file exists the run resumes
-    from it and ends as the uninterrupted run would have (a finished run returns at once); a checkpoint of
-    a run with other settings raises :class:`mtml_lib.checkpoint.CheckpointError`.
+    ``checkpoint``: a file written at every log (learner, optimizer, schedule, the sampler's state, the
+    best parameters and the history); the sampler must then have ``state_dict``/``load_state_dict`` (as
+    :class:`mtml_lib.data.episodes.EpisodeSampler` has). When the file exists the run resumes from it and
+    ends as the uninterrupted run would have (a finished run returns at once). ``key``: a string that
+    identifies everything else about the run (the learner's settings, the seed, the data); a checkpoint
+    whose loop settings or ``key`` differ raises :class:`mtml_lib.checkpoint.CheckpointError`.
+
+    ``History.seconds`` is the wall time of the loop, validation and checkpoint writes included; a
+    resumed run adds its own time to the time recorded up to the checkpoint.
     """
     _check_training(n_iterations, meta_batch, meta_lr, log_every)
     optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
@@ -130,8 +138,11 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
     best_state = None
     done = 0
     settings = {"n_iterations": n_iterations, "meta_batch": meta_batch, "meta_lr": float(meta_lr),
-                "log_every": log_every, "cosine": bool(cosine), "validate": validate is not None}
+                "log_every": log_every, "cosine": bool(cosine), "validate": validate is not None, "key": str(key)}
     if checkpoint is not None:
+        if not (hasattr(sample, "state_dict") and hasattr(sample, "load_state_dict")):
+            raise TypeError(f"a resumable run needs a sampler with state_dict() and load_state_dict(), got "
+                            f"{type(sample).__name__}; use an EpisodeSampler or pass checkpoint=None")
         checkpoint = Path(checkpoint)
         if checkpoint.exists():
             done, best_state = _resume(checkpoint, learner, optimizer, scheduler, sample, history, settings)
