@@ -196,3 +196,17 @@ def test_prototype_cache_round_trip(tmp_path, monkeypatch, small_protos):
         small_protos.solid, small_protos.inconsistent, small_protos.other_designs)
     # another setting, another key
     assert G.prototype_cache_path(G.RenderSettings(fonts=FOUR_FONTS, fill=0.5)) != path
+
+
+def test_the_cache_key_follows_the_code_that_builds_prototypes(monkeypatch):
+    before = G.prototype_cache_path(SMALL)
+    assert G.prototype_cache_path(SMALL) == before  # stable
+
+    def thinner(x, steps):  # an edited stroke rule must not read prototypes built by the old one
+        return x
+
+    monkeypatch.setattr(G, "_change_stroke", thinner)
+    assert G.prototype_cache_path(SMALL) != before
+    monkeypatch.undo()
+    assert G.prototype_cache_path(SMALL) == before
+    assert set(G._BUILD_FUNCTIONS) <= set(dir(G))

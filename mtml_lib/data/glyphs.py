@@ -49,6 +49,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import unicodedata
 import zlib
 from dataclasses import dataclass
@@ -63,7 +64,8 @@ from mtml_lib import config
 from mtml_lib.data.episodes import ClassDataset
 
 #: bump when the selection, rendering or dedup rules change: invalidates every cached prototype file
-GLYPHS_VERSION = 2
+#: (the cache key also covers the source of the functions that build prototypes, see _BUILD_FUNCTIONS)
+GLYPHS_VERSION = 3
 
 #: font-file name prefix -> why it is not used
 EXCLUDED_FONTS: dict[str, str] = {
@@ -506,10 +508,28 @@ def build_prototypes(settings: RenderSettings = RenderSettings(), chars: str | N
 
 
 # ------------------------------------------------------------------------------------------ cache
+#: the functions whose code decides the prototypes' pixels: their source is part of the cache key, so an
+#: edited rule or filter never reads prototypes that the old code built
+_BUILD_FUNCTIONS = ("build_prototypes", "_render", "_features", "find_other_designs", "find_duplicates",
+                    "_change_stroke", "_extremum3x3", "stroke_width", "character_group", "split_of_group",
+                    "is_candidate", "font_coverage", "usable_fonts", "selected_fonts", "font_family")
+
+
+def _source_digest() -> str:
+    import inspect
+
+    module = sys.modules[__name__]
+    h = hashlib.sha256()
+    for name in _BUILD_FUNCTIONS:
+        h.update(inspect.getsource(getattr(module, name)).encode())
+    return h.hexdigest()[:16]
+
+
 def _cache_key(settings: RenderSettings, fonts: list[Path]) -> str:
     from PIL import features
 
     blob = json.dumps({
+        "source": _source_digest(),
         "version": GLYPHS_VERSION,
         "settings": dataclasses.asdict(settings),
         "fonts": [(p.name, p.stat().st_size) for p in fonts],
