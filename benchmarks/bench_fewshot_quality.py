@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = dict(n_per_class=profile.n_per_class, seed=args.seed, protos=protos, max_classes=profile.max_classes)
     train = lambda draw: glyphs.load_glyphs("train", draw=draw, **sizes)  # noqa: E731
     val, test = glyphs.load_glyphs("val", **sizes), glyphs.load_glyphs("test", **sizes)
-    data_key = f"glyphs-v{glyphs.GLYPHS_VERSION}/{'+'.join(protos.fonts)}/{profile.n_per_class}/{profile.max_classes}"
+    data_key = glyphs.data_key(protos.settings, profile.n_per_class, profile.max_classes)
     checkpoint = args.checkpoint or fewshot.checkpoint_path(spec, args.seed, data_key)
 
     start = time.perf_counter()

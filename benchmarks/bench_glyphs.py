@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import interleaved_median  # noqa: E402
 from mtml_lib.data import glyphs as G  # noqa: E402
 
 
@@ -57,16 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,15 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     paths = {"glyphs.warp": lambda: G.warp(images, params, s), "reference (stock ops)": lambda: reference_warp(images, params, s)}
-    rounds: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(args.repeats):
-        for name, fn in paths.items():
-            rounds[name].append(median_time(fn, 1))
-    per_image = {name: 1e6 * statistics.median(t) / args.batch for name, t in rounds.items()}
+    per_image = {name: 1e6 * t / args.batch for name, t in interleaved_median(paths, args.repeats).items()}
 
     classes = protos.classes_of(args.split)
     n_images = len(classes) * 20
-    end_to_end = median_time(lambda: G.make_instances(protos, classes, 20, seed=1), max(1, args.repeats // 3))
+    end_to_end = interleaved_median({"make_instances": lambda: G.make_instances(protos, classes, 20, seed=1)},
+                                    max(1, args.repeats // 3))["make_instances"]
 
     print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
           f"{args.batch} images of {images.shape[-1]} x {images.shape[-1]} -> {images.shape[-1] // s} x {images.shape[-1] // s}\n")

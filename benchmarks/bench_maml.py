@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import interleaved_median  # noqa: E402
 from mtml_lib.data.sinusoid import SinusoidTasks  # noqa: E402
 from mtml_lib.meta import MetaLearner, TaskBatch  # noqa: E402
 from mtml_lib.models import MLP, Conv4  # noqa: E402
@@ -143,19 +143,11 @@ def run_case(name: str, model, loss_fn, batch, inner_lr, args, extra_paths=()) -
         if isinstance(runner, LearnerPath):
             row["note"] = f"path={runner.learner.path}"
         runners[path] = runner
-    for runner in runners.values():  # warm-up
-        for _ in range(2):
-            runner.step(batch)
-    times: dict[str, list[float]] = {p: [] for p in runners}
-    for _ in range(args.repeats):
-        for path, runner in runners.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                runner.step(batch)
-            times[path].append(1e3 * (time.perf_counter() - start) / args.steps)
+    step_s = interleaved_median({path: (lambda r=runner: r.step(batch)) for path, runner in runners.items()},
+                                args.repeats, args.steps, warmup=2)
     for row in rows:
-        if row["path"] in times:
-            row["ms"] = statistics.median(times[row["path"]])
+        if row["path"] in step_s:
+            row["ms"] = 1e3 * step_s[row["path"]]
     return rows
 
 

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import interleaved_median  # noqa: E402
 from mtml_lib.data import shapes  # noqa: E402
 from mtml_lib.models.cnn import count_parameters  # noqa: E402
 from mtml_lib.mtl import case_study as cs  # noqa: E402
@@ -65,17 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
     trainers = {}
     for name in strategies:
-        trainer = MultiTaskTrainer(copy.deepcopy(initial), cs.make_strategy(name, tasks), progress=False)
-        trainer.step(batch)  # warm-up (allocations, first-call costs)
-        trainers[name] = trainer
-
-    times: dict[str, list[float]] = {name: [] for name in strategies}
-    for _ in range(args.repeats):
-        for name, trainer in trainers.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                trainer.step(batch)
-            times[name].append((time.perf_counter() - start) / args.steps)
+        trainers[name] = MultiTaskTrainer(copy.deepcopy(initial), cs.make_strategy(name, tasks), progress=False)
+    # one warm-up step each (allocations, first-call costs), then interleaved rounds
+    step_s = interleaved_median({name: (lambda t=trainer: t.step(batch)) for name, trainer in trainers.items()},
+                                args.repeats, args.steps)
 
     # the strategies' own mathematics, apart from autograd
     maths: dict[str, float] = {}
@@ -94,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(time.perf_counter() - start)
         maths[name] = statistics.median(runs)
 
-    ew = statistics.median(times["ew"])
+    ew = step_s["ew"]
     print(f"one training step, {len(tasks)} tasks ({', '.join(tasks)}), batch {args.batch_size} of "
           f"{args.image_size}x{args.image_size} images, encoder widths {widths}: {count_parameters(initial):,} "
           f"parameters, {n_shared:,} shared (P)")
@@ -104,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|")
     failed = []
     for name in strategies:
-        step = statistics.median(times[name])
+        step = step_s[name]
         kind = "gradient" if trainers[name].weighting.uses_gradients else "loss"
         ratio = step / ew
         print(f"| {name} | {kind} | {1000 * step:.1f} | {ratio:.2f}x | {1000 * maths[name]:.2f} |")

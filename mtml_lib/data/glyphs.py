@@ -544,6 +544,13 @@ def prototype_cache_path(settings: RenderSettings = RenderSettings()) -> Path:
     return config.cache_dir() / "glyphs" / f"prototypes-v{GLYPHS_VERSION}-{_cache_key(settings, selected_fonts(settings))}.npz"
 
 
+def data_key(settings: RenderSettings, n_per_class: int, max_classes: int | None) -> str:
+    """A string that identifies the glyph data of :func:`load_glyphs` with these arguments (the prototypes'
+    cache key, which covers version, settings, fonts and building code, and the instance counts): what a
+    resumable training keys its checkpoint by (:func:`mtml_lib.fewshot.checkpoint_path`)."""
+    return f"{prototype_cache_path(settings).stem}/{n_per_class}/{max_classes}"
+
+
 def load_prototypes(settings: RenderSettings = RenderSettings(), cache: bool = True) -> GlyphPrototypes:
     """The full prototype set, from the on-disk cache when present (built and cached otherwise)."""
     path = prototype_cache_path(settings)
