@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mtml_lib import metrics as M
+from mtml_lib.checkpoint import CheckpointError
 from mtml_lib.data import shapes
 from mtml_lib.models.cnn import count_parameters
 from mtml_lib.mtl import case_study as cs
@@ -143,7 +144,7 @@ def test_the_study_runs_every_strategy_and_repeats_by_seed(tiny_data):
     for column in ("cls/accuracy", "cls/f1", "seg/miou", "seg/pixel_acc", "depth/abs_err", "delta_m", "time_s"):
         assert frame[column].notna().all()
     table = cs.summary_table(frame, ["cls/accuracy", "seg/miou", "depth/abs_err", "delta_m"])
-    assert list(table.index) == [cs.STL, *cs.STRATEGIES] and " ± " in table.loc["ew", "seg/miou"]
+    assert list(table.index) == [cs.STL, *cs.STRATEGIES] and " ± " not in table.loc["ew", "seg/miou"]  # one seed
     assert "delta_m/depth" in cs.summary_table(frame).columns
     for key, run in study.runs.items():
         assert run.best_epoch in (0, 1) and len(run.history.val) == 2, key
@@ -168,3 +169,76 @@ def test_profiles_are_consistent(name):
     assert out["seg"].shape[-2:] == (s.image_size, s.image_size)
     if name == "full":
         assert len(s.seeds) >= 3 and set(s.strategies) == set(cs.STRATEGIES)
+
+
+TWO_SEEDS = dataclasses.replace(SMOKE, seeds=(0, 1), strategies=("ew", "rlw", "pcgrad"))
+
+
+def test_parallel_workers_and_a_resumed_study_give_the_numbers_of_one_process(tiny_data, tmp_path):
+    one = cs.run_study(TWO_SEEDS, tiny_data, workers=1)
+    seen = []
+    two = cs.run_study(TWO_SEEDS, tiny_data, workers=2, keep_models=True, resumable=True, cache_root=tmp_path,
+                       on_run=lambda r: seen.append((r.method, r.seed, r.cached)))
+    assert list(two.runs) == list(one.runs) and len(seen) == len(one.runs) and not any(c for *_, c in seen)
+    for key, run in one.runs.items():
+        assert two.runs[key].test == run.test and two.runs[key].history.val == run.history.val, key
+        assert two.runs[key].model is not None
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == len(one.runs) and any(f.startswith("stl-seg-seed1-") for f in files)
+    again = cs.run_study(TWO_SEEDS, tiny_data, workers=1, resumable=True, cache_root=tmp_path, keep_models=True)
+    assert all(r.cached for r in again.runs.values())
+    assert cs.results_frame(again).drop(columns="time_s").equals(cs.results_frame(one).drop(columns="time_s"))
+    panel = cs.predictions(again, tiny_data["test"], ["ew"], seed=1, n=2)
+    assert panel["ew"]["seg"].shape == (2, 16, 16)
+
+
+def test_a_run_file_names_its_settings_seed_and_code_and_a_bad_file_is_refused(tiny_data, tmp_path):
+    path = cs.run_path("ew", cs.TASKS, TWO_SEEDS, 0, tmp_path)
+    assert path != cs.run_path("ew", cs.TASKS, TWO_SEEDS, 1, tmp_path)
+    assert path != cs.run_path("ew", cs.TASKS, dataclasses.replace(TWO_SEEDS, lr=1e-3), 0, tmp_path)
+    assert path == cs.run_path("ew", cs.TASKS, dataclasses.replace(TWO_SEEDS, seeds=(0,), workers=2), 0, tmp_path)
+    assert len(cs.code_fingerprint()) == 16
+    study = cs.run_study(dataclasses.replace(TWO_SEEDS, seeds=(0,)), tiny_data, resumable=True, cache_root=tmp_path)
+    assert path.is_file()
+    other = cs.run_path("rlw", cs.TASKS, TWO_SEEDS, 0, tmp_path)
+    other.write_bytes(path.read_bytes())  # the file of another run under this run's name
+    with pytest.raises(CheckpointError, match="holds 'ew' seed 0"):
+        cs.load_run(other, "rlw", cs.TASKS, TWO_SEEDS, 0)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        cs.run_study(dataclasses.replace(TWO_SEEDS, seeds=(0,)), tiny_data, resumable=True, cache_root=tmp_path)
+    assert study.runs[("ew", 0)].cached is False
+
+
+def test_tables_report_t_intervals_and_paired_differences_to_ew():
+    import pandas as pd
+
+    frame = pd.DataFrame([
+        {"method": m, "seed": s, "cls/accuracy": a, "depth/abs_err": d, "delta_m": dm}
+        for m, s, a, d, dm in [("ew", 0, 0.80, 0.10, 1.0), ("ew", 1, 0.90, 0.20, 2.0), ("ew", 2, 0.70, 0.15, 3.0),
+                               ("mgda", 0, 0.78, 0.09, 1.5), ("mgda", 1, 0.88, 0.18, 2.5), ("mgda", 2, 0.68, 0.14, 3.5)]])
+    table = cs.summary_table(frame, ["cls/accuracy", "depth/abs_err"])
+    assert table.loc["ew", "cls/accuracy"] == f"80.0 ± {100 * M.mean_ci([0.8, 0.9, 0.7])[1]:.1f}"  # t, not 1.96
+    long = cs.paired_differences(frame, ["cls/accuracy", "depth/abs_err", "delta_m"]).set_index("column")
+    assert long.loc["cls/accuracy", "diff"] == pytest.approx(-0.02) and long.loc["cls/accuracy", "half"] < 1e-12
+    assert not long.loc["cls/accuracy", "better"] and long.loc["cls/accuracy", "distinguishable"]
+    assert long.loc["depth/abs_err", "better"]  # a lower error is an improvement
+    assert long.loc["delta_m", "diff"] == pytest.approx(0.5)
+    paired = cs.paired_table(frame, ["cls/accuracy", "delta_m"])
+    assert list(paired.index) == ["mgda"] and paired.loc["mgda", "cls/accuracy"].startswith("-2.0 ± 0.0 *")
+    with pytest.raises(ValueError, match="reference method 'uw'"):
+        cs.paired_differences(frame, reference="uw")
+    single = cs.summary_table(frame[frame.seed == 0], ["delta_m"])
+    assert single.loc["ew", "delta_m"] == "1.0"  # one seed: no interval
+
+
+def test_late_gains_measure_what_the_last_epochs_added(tiny_data):
+    study = cs.run_study(dataclasses.replace(SMOKE, epochs=4, strategies=("ew",)), tiny_data)
+    gains = cs.late_gains(study, fraction=0.25)
+    assert set(gains.method) == {cs.STL, "ew"} and (gains.gain >= 0).all()
+    run = study.runs[("stl:depth", 0)]
+    errors = [v["depth/abs_err"] for v in run.history.val]
+    expected = max(-e for e in errors) - max(-e for e in errors[:3])
+    assert gains[(gains.task == "depth")].gain.item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="fraction"):
+        cs.late_gains(study, fraction=1.0)

@@ -136,6 +136,37 @@ def test_mean_std():
     assert M.mean_std([4.0]) == (4.0, 0.0)
 
 
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 10, 29, 30, 99])
+def test_student_t_matches_scipy(df):
+    stats = pytest.importorskip("scipy.stats")
+    for t in (0.1, 1.0, 2.5, 7.0):
+        assert M.student_t_two_sided(t, df) == pytest.approx(stats.t.cdf(t, df) - stats.t.cdf(-t, df), abs=1e-12)
+    for level in (0.9, 0.95, 0.99):
+        assert M.student_t_quantile(level, df) == pytest.approx(stats.t.ppf(0.5 + level / 2, df), rel=1e-9)
+
+
+def test_mean_ci_uses_student_t_for_few_seeds():
+    mean, half = M.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))  # t_{0.975, 2}, not 1.96
+    one, none = M.mean_ci([5.0])
+    assert one == 5.0 and math.isnan(none)
+    with pytest.raises(ValueError, match="no values"):
+        M.mean_ci([])
+
+
+def test_paired_difference_is_narrower_than_the_separate_intervals():
+    reference = [0.50, 0.70, 0.90]  # seeds differ a lot ...
+    values = [0.52, 0.72, 0.925]  # ... but each seed's run is a little better
+    diff, half = M.paired_difference(values, reference)
+    assert diff == pytest.approx(0.065 / 3)
+    assert half < diff < M.mean_ci(reference)[1]  # distinguishable paired, not separately
+    with pytest.raises(ValueError, match="one reference per value"):
+        M.paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive integer"):
+        M.student_t_two_sided(1.0, 0)
+
+
 # ------------------------------------------------------------------------------------------ bad inputs
 def test_mismatched_mask_shape_raises():
     with pytest.raises(ValueError, match=r"prediction shape \(2, 4, 4\) does not match target shape \(2, 5, 5\)"):

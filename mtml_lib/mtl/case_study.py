@@ -16,16 +16,22 @@ Protocol, in the order the code follows it:
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from mtml_lib import config
 from mtml_lib import metrics as M
+from mtml_lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mtml_lib.data import shapes
 from mtml_lib.models.cnn import ClassifierHead, DenseDecoder, Encoder
 from mtml_lib.models.multitask import MultiTaskModel, Task, mse_loss
@@ -188,6 +194,7 @@ class RunResult:
     best_epoch: int | None
     wall_time_s: float
     model: MultiTaskModel | None = field(default=None, repr=False)
+    cached: bool = False  # read back from a resumable study's cache, not trained in this call
 
 
 def train_run(method: str, tasks: Sequence[str], data: dict[str, shapes.ShapesSplit], settings: Any, seed: int,
@@ -259,30 +266,198 @@ class Study:
         return self.stl_metrics(seed) if method == STL else self.runs[(method, seed)].test
 
 
+#: the settings a single run depends on (the others choose which runs there are, or what is shown)
+RUN_SETTINGS: tuple[str, ...] = ("image_size", "n_train", "n_val", "n_test", "widths", "epochs", "batch_size", "lr",
+                                 "schedule", "data_seed")
+
+
+def code_fingerprint() -> str:
+    """A digest of the source of everything a run's numbers depend on (data generation, models, losses,
+    trainer, strategies, metrics, this module's training and evaluation functions): an edit to any of it
+    makes :func:`run_path` name a new file, so a resumed study never mixes runs of two versions of the code."""
+    import hashlib
+    import inspect
+    import pkgutil
+
+    from mtml_lib import metrics as metrics_module
+    from mtml_lib.models import cnn, multitask
+    from mtml_lib.mtl import trainer, weighting
+
+    modules = [shapes, cnn, multitask, trainer, metrics_module, weighting]
+    modules += [importlib.import_module(f"{weighting.__name__}.{m.name}") for m in pkgutil.iter_modules(weighting.__path__)]
+    parts = [inspect.getsource(m) for m in modules]
+    parts += [inspect.getsource(f) for f in (segmentation_loss, classification_loss, make_task, build_model,
+                                            make_strategy, Batches, evaluate, delta_m, _flat, train_run, load_data)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def run_path(method: str, tasks: Sequence[str], settings: Any, seed: int, root: str | Path | None = None) -> Path:
+    """Where a resumable study keeps one finished run: ``root`` (default ``config.cache_dir()/cls_seg``) /
+    ``<method>-seed<seed>-<digest>.pt``, the digest covering the method, the tasks, the seed, every setting of
+    :data:`RUN_SETTINGS` and :func:`code_fingerprint`."""
+    import hashlib
+    import json
+
+    root = Path(root) if root is not None else config.cache_dir() / "cls_seg"
+    key = {"method": method, "tasks": list(tasks), "seed": int(seed), "code": code_fingerprint(),
+           **{name: getattr(settings, name, None) for name in RUN_SETTINGS}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    label = method if method != STL else f"{STL}-{tasks[0]}"
+    return root / f"{label}-seed{int(seed)}-{digest}.pt"
+
+
+def save_run(path: str | Path, run: RunResult, model: MultiTaskModel) -> Path:
+    """Write a finished run (its selected model, metrics, history and time) with :func:`save_checkpoint`."""
+    extra = {"method": run.method, "seed": run.seed, "tasks": run.tasks, "val": run.val, "test": run.test,
+             "history": dataclasses.asdict(run.history), "best_epoch": run.best_epoch, "wall_time_s": run.wall_time_s}
+    return save_checkpoint(path, model, extra)
+
+
+def load_run(path: str | Path, method: str, tasks: Sequence[str], settings: Any, seed: int,
+             keep_model: bool = False) -> RunResult:
+    """Read a run written by :func:`save_run` back (checked: digest, model shapes, method, seed and tasks);
+    raises :class:`~mtml_lib.checkpoint.CheckpointError` naming the file otherwise."""
+    model = build_model(tasks, settings.widths, shapes.ShapesConfig(image_size=settings.image_size))
+    payload = load_checkpoint(path, model)
+    extra = payload["extra"]
+    if (extra.get("method"), extra.get("seed"), extra.get("tasks")) != (method, int(seed), list(tasks)):
+        raise CheckpointError(f"run file {path} holds {extra.get('method')!r} seed {extra.get('seed')} on "
+                              f"{extra.get('tasks')}, not {method!r} seed {seed} on {list(tasks)}; delete it")
+    model.eval()
+    return RunResult(method, int(seed), list(tasks), extra["val"], extra["test"], History(**extra["history"]),
+                     extra["best_epoch"], extra["wall_time_s"], model if keep_model else None, cached=True)
+
+
+@dataclass(frozen=True)
+class _Job:
+    method: str
+    tasks: tuple[str, ...]
+    seed: int
+    baseline_val: dict[str, dict[str, float]] | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (f"{STL}:{self.tasks[0]}" if self.method == STL else self.method, self.seed)
+
+
+def _weighting_class(name: str) -> type:
+    module, cls = WEIGHTINGS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+#: per worker process: the data splits and the run options, set once by :func:`_init_worker`
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(data: dict[str, shapes.ShapesSplit], settings: Any, device: str, keep_model: bool,
+                 cache_root: str | None, threads: int, deterministic: bool) -> None:
+    torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    _WORKER.update(data=data, settings=settings, device=device, keep_model=keep_model, cache_root=cache_root)
+
+
+def _run_job(job: _Job) -> tuple[RunResult, dict[str, torch.Tensor] | None]:
+    """Train one run (or read it from the cache of a resumable study) with the worker's data and options.
+    Returns the run without its model (the heads hold closures, which cannot cross processes) and the
+    model's parameters when the study keeps models."""
+    w = _WORKER
+    path = run_path(job.method, job.tasks, w["settings"], job.seed, w["cache_root"]) if w["cache_root"] else None
+    if path is not None and path.is_file():
+        run = load_run(path, job.method, job.tasks, w["settings"], job.seed, keep_model=True)
+    else:
+        run = train_run(job.method, job.tasks, w["data"], w["settings"], job.seed, job.baseline_val,
+                        keep_model=True, device=w["device"])
+        if path is not None:
+            save_run(path, run, run.model)
+    state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()} if w["keep_model"] else None
+    run.model = None
+    return run, state
+
+
 def run_study(settings: Any, data: dict[str, shapes.ShapesSplit] | None = None,
               on_run: Callable[[RunResult], None] | None = None, device: torch.device | str = "cpu",
-              keep_models: bool = False) -> Study:
-    """Single-task baselines and every strategy of ``settings.strategies`` over ``settings.seeds``;
-    ``on_run`` is called after each run (progress), ``keep_models`` keeps the trained models in the runs."""
+              keep_models: bool = False, workers: int | None = None, resumable: bool | None = None,
+              cache_root: str | Path | None = None) -> Study:
+    """Single-task baselines and every strategy of ``settings.strategies`` over ``settings.seeds``.
+
+    ``on_run`` is called after each run (progress, in the order runs finish); ``keep_models`` keeps the
+    trained models in the runs. ``workers`` (default ``settings.workers``, else 1) trains that many runs at
+    once in separate processes, each with ``settings.threads`` threads: the runs are independent, so the
+    numbers are those of one process (a test checks it). A seed's strategies start once its three
+    single-task networks are done (they select their epoch against them). ``resumable`` (default
+    ``settings.resumable``) writes every finished run to ``cache_root`` (default ``config.cache_dir()/cls_seg``;
+    see :func:`run_path`) and reads it back instead of training again, so a study that stopped continues
+    where it was and a rerun of a finished one only evaluates.
+    """
     data = data if data is not None else load_data(settings)
     tasks, strategies = list(TASKS), list(settings.strategies)
     for name in strategies:
         if name not in WEIGHTINGS:
             raise ValueError(f"unknown weighting strategy {name!r}; valid strategies: {sorted(WEIGHTINGS)}")
+    workers = int(workers if workers is not None else getattr(settings, "workers", 1) or 1)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    resumable = bool(resumable if resumable is not None else getattr(settings, "resumable", False))
+    root = str(cache_root if cache_root is not None else config.cache_dir() / "cls_seg") if resumable else None
+    options = (data, settings, str(device), keep_models, root, getattr(settings, "threads", None) or 1,
+               torch.are_deterministic_algorithms_enabled())
+
     runs: dict[tuple[str, int], RunResult] = {}
-    for seed in settings.seeds:
-        for task in tasks:
-            run = train_run(STL, [task], data, settings, seed, keep_model=keep_models, device=device)
-            runs[(f"{STL}:{task}", seed)] = run
-            if on_run:
-                on_run(run)
+
+    def strategy_jobs(seed: int) -> list[_Job]:
         baseline_val = {t: {m: runs[(f"{STL}:{t}", seed)].val[t][m] for m in TASK_METRICS[t]} for t in tasks}
-        for name in strategies:
-            run = train_run(name, tasks, data, settings, seed, baseline_val, keep_model=keep_models, device=device)
-            runs[(name, seed)] = run
-            if on_run:
-                on_run(run)
-    return Study(runs, list(settings.seeds), strategies, tasks)
+        # the gradient-based strategies take longest: start them first so that the workers finish together
+        order = sorted(strategies, key=lambda name: not _weighting_class(name).uses_gradients)
+        return [_Job(name, tuple(tasks), seed, baseline_val) for name in order]
+
+    def finished(result: tuple[RunResult, dict[str, torch.Tensor] | None]) -> RunResult:
+        run, state = result
+        if state is not None:
+            run.model = build_model(run.tasks, settings.widths, shapes.ShapesConfig(image_size=settings.image_size))
+            run.model.load_state_dict(state)
+            run.model.to(device).eval()
+        runs[(f"{STL}:{run.tasks[0]}" if run.method == STL else run.method, run.seed)] = run
+        if on_run:
+            on_run(run)
+        return run
+
+    stl_jobs = [_Job(STL, (t,), seed) for seed in settings.seeds for t in tasks]
+    if workers == 1:
+        saved_threads = torch.get_num_threads()
+        _init_worker(*options)
+        torch.set_num_threads(saved_threads)
+        try:
+            for seed in settings.seeds:
+                for job in [j for j in stl_jobs if j.seed == seed]:
+                    finished(_run_job(job))
+                for job in strategy_jobs(seed):
+                    finished(_run_job(job))
+        finally:
+            _WORKER.clear()
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        # fork (Linux, CPU) copies the data into the workers for free and needs no `if __name__ == "__main__"`
+        # guard in a user's script; CUDA cannot be used after a fork, so a GPU study spawns its workers
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() and torch.device(device).type == "cpu" \
+            else "spawn"
+        context = multiprocessing.get_context(method)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=options) as pool:
+            pending = {pool.submit(_run_job, job) for job in stl_jobs}
+            left = {seed: len(tasks) for seed in settings.seeds}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run = finished(future.result())
+                    if run.method == STL:
+                        left[run.seed] -= 1
+                        if left[run.seed] == 0:
+                            pending |= {pool.submit(_run_job, job) for job in strategy_jobs(run.seed)}
+    order = [(f"{STL}:{t}", seed) for seed in settings.seeds for t in tasks]
+    order += [(name, seed) for seed in settings.seeds for name in strategies]
+    return Study({key: runs[key] for key in order}, list(settings.seeds), strategies, tasks)
 
 
 def results_frame(study: Study) -> pd.DataFrame:
@@ -311,21 +486,89 @@ def results_frame(study: Study) -> pd.DataFrame:
 PERCENT_METRICS = ("accuracy", "f1", "precision", "recall", "miou", "pixel_acc", "rel_err")
 
 
+def _metric_columns(frame: pd.DataFrame, columns: Sequence[str] | None) -> list[str]:
+    return list(columns) if columns is not None else \
+        [c for c in frame.columns if c not in ("method", "seed", "best_epoch", "time_s")]
+
+
+def _cell(mean: float, half: float, column: str, percent: bool, signed: bool = False) -> str:
+    scale = 100.0 if percent and column.split("/")[-1] in PERCENT_METRICS else 1.0
+    digits = 3 if column.startswith("depth/") and scale == 1.0 else 1
+    sign = "+" if signed else ""
+    text = f"{mean * scale:{sign}.{digits}f}"
+    return text if math.isnan(half) else f"{text} ± {half * scale:.{digits}f}"
+
+
 def summary_table(frame: pd.DataFrame, columns: Sequence[str] | None = None, percent: bool = True) -> pd.DataFrame:
-    """``mean ± std`` over seeds per method (rows in the frame's order); by default every metric and Δm%
-    column. Metrics of :data:`PERCENT_METRICS` are shown in percent; Δm% columns already are percentages."""
-    if columns is None:
-        columns = [c for c in frame.columns if c not in ("method", "seed", "best_epoch", "time_s")]
+    """``mean ± half-width of the 95 % confidence interval`` over seeds per method (Student's t with
+    n - 1 degrees of freedom, :func:`mtml_lib.metrics.mean_ci`; one seed: the value alone), rows in the
+    frame's order; by default every metric and Δm% column. Metrics of :data:`PERCENT_METRICS` are shown in
+    percent; Δm% columns already are percentages."""
     out = {}
     for method, group in frame.groupby("method", sort=False):
-        cells = {}
-        for column in columns:
-            mean, std = M.mean_std(group[column])
-            scale = 100.0 if percent and column.split("/")[-1] in PERCENT_METRICS else 1.0
-            digits = 3 if column.startswith("depth/") and scale == 1.0 else 1
-            cells[column] = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-        out[method] = cells
+        out[method] = {c: _cell(*M.mean_ci(group.sort_values("seed")[c]), c, percent)
+                       for c in _metric_columns(frame, columns)}
     return pd.DataFrame.from_dict(out, orient="index")
+
+
+def paired_differences(frame: pd.DataFrame, columns: Sequence[str] | None = None, reference: str = "ew"
+                       ) -> pd.DataFrame:
+    """Per method and column, the mean difference to ``reference`` over the seeds they share and the
+    half-width of its 95 % interval (:func:`mtml_lib.metrics.paired_difference`): a long table with
+    ``method, column, diff, half, better, distinguishable``. ``better`` accounts for the metric's direction
+    (a lower depth error is better); ``distinguishable`` is True when the interval excludes 0."""
+    ref = frame[frame.method == reference].set_index("seed")
+    if ref.empty:
+        raise ValueError(f"no runs of the reference method {reference!r}; methods: {list(frame.method.unique())}")
+    rows = []
+    for method, group in frame.groupby("method", sort=False):
+        if method == reference:
+            continue
+        group = group.set_index("seed")
+        seeds = sorted(set(group.index) & set(ref.index))
+        for column in _metric_columns(frame, columns):
+            diff, half = M.paired_difference(group.loc[seeds, column], ref.loc[seeds, column])
+            higher = HIGHER_IS_BETTER.get(column.split("/")[-1], True)
+            rows.append({"method": method, "column": column, "diff": diff, "half": half,
+                         "better": (diff > 0) == higher and diff != 0,
+                         "distinguishable": bool(abs(diff) > half) if not math.isnan(half) else False})
+    return pd.DataFrame(rows)
+
+
+def paired_table(frame: pd.DataFrame, columns: Sequence[str] | None = None, reference: str = "ew",
+                 percent: bool = True) -> pd.DataFrame:
+    """:func:`paired_differences` as a table of ``diff ± half`` cells (one row per method); a cell whose
+    interval excludes 0 is marked ``*``."""
+    long = paired_differences(frame, columns, reference)
+    out: dict[str, dict[str, str]] = {}
+    for row in long.itertuples():
+        cell = _cell(row.diff, row.half, row.column, percent, signed=True)
+        out.setdefault(row.method, {})[row.column] = cell + (" *" if row.distinguishable else "")
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def late_gains(study: Study, fraction: float = 0.25) -> pd.DataFrame:
+    """How much each run's selection metric still improved in the last ``fraction`` of its epochs: the best
+    validation value over all epochs minus the best over the epochs before that last part (≥ 0; in the
+    metric's units, Δm% points for multi-task runs). Near 0 means the run had reached its plateau within the
+    budget. One row per run: ``method, task`` (``"all"`` for multi-task runs), ``seed, metric, gain``."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+    rows = []
+    for (key, seed), run in study.runs.items():
+        if key.startswith(STL):
+            task = run.tasks[0]
+            metric, method = f"{task}/{TASK_METRICS[task][0]}", STL
+        else:
+            task, metric, method = "all", "delta_m", key
+        sign = 1.0 if metric == "delta_m" or HIGHER_IS_BETTER[metric.split("/")[1]] else -1.0
+        values = [sign * v[metric] for v in run.history.val]
+        cut = max(1, int(round(len(values) * (1.0 - fraction))))
+        if cut >= len(values):
+            raise ValueError(f"run {key} seed {seed} has {len(values)} validations: too few to split")
+        rows.append({"method": method, "task": task, "seed": seed, "metric": metric,
+                     "gain": max(values) - max(values[:cut])})
+    return pd.DataFrame(rows)
 
 
 def curves_frame(study: Study) -> pd.DataFrame:

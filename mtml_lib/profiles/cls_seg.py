@@ -28,7 +28,9 @@ class ClsSegProfile:
     data_seed: int = 0  # fixes the three splits
     n_show: int = 6  # images in the data grid and the prediction panel
     schedule: str = "cosine"  # learning-rate schedule over the epochs ("constant" or "cosine")
-    threads: int | None = None  # torch CPU threads (None: torch's default)
+    threads: int | None = None  # torch CPU threads per training process (None: torch's default)
+    workers: int = 1  # trainings run at once, in separate processes (independent runs: same numbers)
+    resumable: bool = False  # keep every finished run in the cache; a rerun continues (or only evaluates)
 
 
 PROFILES = {
