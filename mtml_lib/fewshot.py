@@ -35,6 +35,9 @@ from mtml_lib.meta.tasks import TaskBatch
 from mtml_lib.models.backbones import Conv4
 
 LEARNERS: tuple[str, ...] = ("protonet", "maml", "fomaml", "anil", "metasgd")
+#: how the MAML family's linear head starts: torch's default random init, zero, or zero after every
+#: meta-update (the "zeroing trick" of Kao, Chiu & Chen, ICLR 2022)
+HEAD_INITS: tuple[str, ...] = ("random", "zero", "zeroing")
 MAML_FAMILY: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd")
 
 
@@ -48,7 +51,13 @@ class TrainSpec:
     ``hidden``/``norm``: the Conv4 backbone. ``val_every``/``val_episodes``: model selection on a fixed
     set of validation episodes (``val_way``-way ``val_shot``-shot; default: the training way and shot).
     ``refresh_every``: draw fresh distortions of the training characters every so many iterations
-    (None: keep the instances fixed, like Omniglot's 20 drawings).
+    (None: keep the instances fixed, like Omniglot's 20 drawings). ``head_init`` (MAML family): the
+    linear head's weight and bias start random (torch's default), at ``"zero"``, or are set to zero after
+    every meta-update too (``"zeroing"``, Kao et al. 2022). Why zero helps: a head that starts at zero
+    gives every class the same logit, so one inner step sets the row of class c to
+    (α/n) Σ_j (1[y_j = c] - 1/N) φ(x_j), the class's support features against those of all classes (a
+    prototype), and no random row favours one label before the task is seen; with ``"zeroing"`` the
+    meta-learned head is always zero and the inner loop alone builds it from the support set.
     """
 
     learner: str
@@ -69,10 +78,14 @@ class TrainSpec:
     val_way: int | None = None
     val_shot: int | None = None
     refresh_every: int | None = None
+    head_init: str = "random"
 
     def __post_init__(self):
         if self.learner not in LEARNERS:
             raise ValueError(f"unknown learner {self.learner!r}; valid learners: {', '.join(map(repr, LEARNERS))}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"TrainSpec.head_init must be one of {', '.join(map(repr, HEAD_INITS))}, "
+                             f"got {self.head_init!r}")
         for name in ("n_way", "k_shot", "n_query", "meta_batch", "iterations", "inner_steps", "hidden", "val_every",
                      "val_episodes"):
             value = getattr(self, name)
@@ -97,8 +110,21 @@ def make_learner(spec: TrainSpec, in_channels: int = 1, image_size: int = 28) ->
     if spec.learner == "protonet":
         return ProtoNet(Conv4(in_channels, spec.hidden, None, norm=spec.norm, image_size=image_size))
     model = Conv4(in_channels, spec.hidden, spec.n_way, norm=spec.norm, image_size=image_size)
-    return MetaLearner(model, F.cross_entropy, algorithm=spec.learner, inner_lr=spec.inner_lr,
-                       inner_steps=spec.inner_steps, test_steps=spec.test_steps)
+    learner = MetaLearner(model, F.cross_entropy, algorithm=spec.learner, inner_lr=spec.inner_lr,
+                          inner_steps=spec.inner_steps, test_steps=spec.test_steps)
+    if spec.head_init != "random":
+        zero_head(learner)
+    return learner
+
+
+@torch.no_grad()
+def zero_head(learner: MetaLearner) -> None:
+    """Set the weight and bias of the learner's linear head (``model.head``) to zero, in place."""
+    head = getattr(learner.model, "head", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"zero_head needs a model with a linear head, got {type(head).__name__}")
+    head.weight.zero_()
+    head.bias.zero_()
 
 
 def _accuracy(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -238,7 +264,8 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
            "val": {"classes": len(val_data), "info": {k: str(v) for k, v in val_data.info.items()}}}
     history = meta_train(learner, sample, spec.iterations, spec.meta_batch, spec.meta_lr, log_every=spec.val_every,
                          cosine=spec.cosine, validate=validate, verbose=verbose, checkpoint=checkpoint,
-                         key=json.dumps(key, sort_keys=True))
+                         key=json.dumps(key, sort_keys=True),
+                         after_step=zero_head if spec.head_init == "zeroing" and spec.learner != "protonet" else None)
     return TrainResult(spec=spec, learner=learner, iterations=history.iterations, train_loss=history.loss,
                        val_accuracy=history.val_score, best_iteration=history.best_iteration,
                        best_val_accuracy=history.best_score, seconds=history.seconds)

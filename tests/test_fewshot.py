@@ -281,3 +281,30 @@ def test_a_resumable_run_needs_a_sampler_with_state(tmp_path):
     sampler = EpisodeSampler(pattern_dataset(), 3, 1, 2, seed=0)
     with pytest.raises(TypeError, match="resumable run needs a sampler with state_dict.*got function"):
         meta_train(learner, lambda n: sampler.sample(n), 2, meta_batch=1, log_every=1, checkpoint=tmp_path / "r.pt")
+
+
+def test_head_init_zero_and_the_zeroing_trick():
+    with pytest.raises(ValueError, match="head_init must be one of 'random', 'zero', 'zeroing', got 'zeros'"):
+        fewshot.TrainSpec("maml", head_init="zeros")
+    torch.manual_seed(0)
+    zero = fewshot.make_learner(fewshot.TrainSpec("maml", n_way=3, hidden=4, head_init="zero"), image_size=16)
+    assert zero.model.head.weight.abs().sum() == 0 and zero.model.head.bias.abs().sum() == 0
+    assert zero.model.features[0][0].weight.abs().sum() > 0  # the backbone keeps its random init
+    # at a zero head every class has the same logit; one inner step writes each class's support features
+    # (centred over the classes) into its row: the row of class c is α/N_s Σ_{y=c} (1 - 1/N) φ(x) - ...
+    x = torch.rand(6, 1, 16, 16)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    phi = zero.adapt(x[None], y[None], steps=1)
+    features = zero.model.features(x)
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    expected = zero.inner_lr * (onehot - 1 / 3).T @ features / 6
+    assert torch.allclose(phi["head.weight"][0], expected, atol=1e-6)
+
+    train_data, val_data = pattern_dataset(seed=0), pattern_dataset(seed=1, split="val")
+    common = dict(n_way=3, n_query=2, meta_batch=2, iterations=4, hidden=4, val_every=2, val_episodes=4, inner_lr=0.1)
+    zeroing = fewshot.train(fewshot.TrainSpec("maml", head_init="zeroing", **common), train_data, val_data, seed=0)
+    head = zeroing.learner.model.head
+    assert head.weight.abs().sum() == 0 and head.bias.abs().sum() == 0  # reset after every meta-update
+    only_init = fewshot.train(fewshot.TrainSpec("maml", head_init="zero", **common), train_data, val_data, seed=0)
+    assert only_init.learner.model.head.weight.abs().sum() > 0  # the meta-update moves a zero-initialised head
+    assert zeroing.val_accuracy != [] and only_init.val_accuracy != []

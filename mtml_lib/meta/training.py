@@ -111,7 +111,8 @@ def _save(checkpoint: Path, learner, optimizer, scheduler, sample, history: Hist
 def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batch: int = 25,
                meta_lr: float = 1e-3, log_every: int = 100, cosine: bool = False,
                validate: Callable[[nn.Module], float] | None = None, verbose: bool = False,
-               checkpoint: str | Path | None = None, key: str = "") -> History:
+               checkpoint: str | Path | None = None, key: str = "",
+               after_step: Callable[[nn.Module], None] | None = None) -> History:
     """Meta-train ``learner`` with Adam(``meta_lr``) on ``n_iterations`` fresh meta-batches of ``meta_batch``
     tasks. Returns the :class:`History` of the mean query loss, averaged over windows of ``log_every``.
 
@@ -127,6 +128,10 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
     ends as the uninterrupted run would have (a finished run returns at once). ``key``: a string that
     identifies everything else about the run (the learner's settings, the seed, the data); a checkpoint
     whose loop settings or ``key`` differ raises :class:`mtml_lib.checkpoint.CheckpointError`.
+
+    ``after_step``: a function ``learner -> None`` called after every meta-update (and once before the
+    first), for rules that act on the parameters outside the gradient step, such as the zeroing trick of
+    :func:`mtml_lib.fewshot.zero_head`.
 
     ``History.seconds`` is the wall time of the loop, validation and checkpoint writes included; a
     resumed run adds its own time to the time recorded up to the checkpoint.
@@ -150,8 +155,14 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
                 print(f"resumed from {checkpoint} at iteration {done}/{n_iterations}", flush=True)
     seconds_before = history.seconds
     start = time.perf_counter()
+    if after_step is not None and done == 0:
+        with torch.no_grad():
+            after_step(learner)
     for it in range(done + 1, n_iterations + 1):
         window.append(learner.meta_step(optimizer, sample(meta_batch)).loss)
+        if after_step is not None:
+            with torch.no_grad():
+                after_step(learner)
         if scheduler is not None:
             scheduler.step()
         logged = len(history.iterations)

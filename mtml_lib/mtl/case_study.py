@@ -551,7 +551,7 @@ def late_gains(study: Study, fraction: float = 0.25) -> pd.DataFrame:
     """How much each run's selection metric still improved in the last ``fraction`` of its epochs: the best
     validation value over all epochs minus the best over the epochs before that last part (≥ 0; in the
     metric's units, Δm% points for multi-task runs). Near 0 means the run had reached its plateau within the
-    budget. One row per run: ``method, task`` (``"all"`` for multi-task runs), ``seed, metric, gain``."""
+    budget. The last part holds at least one validation. One row per run: ``method, task`` (``"all"`` for multi-task runs), ``seed, metric, gain``."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
     rows = []
@@ -563,9 +563,9 @@ def late_gains(study: Study, fraction: float = 0.25) -> pd.DataFrame:
             task, metric, method = "all", "delta_m", key
         sign = 1.0 if metric == "delta_m" or HIGHER_IS_BETTER[metric.split("/")[1]] else -1.0
         values = [sign * v[metric] for v in run.history.val]
-        cut = max(1, int(round(len(values) * (1.0 - fraction))))
-        if cut >= len(values):
-            raise ValueError(f"run {key} seed {seed} has {len(values)} validations: too few to split")
+        if len(values) < 2:
+            raise ValueError(f"run {key} seed {seed} has {len(values)} validation(s): a late gain needs two")
+        cut = min(max(1, int(round(len(values) * (1.0 - fraction)))), len(values) - 1)
         rows.append({"method": method, "task": task, "seed": seed, "metric": metric,
                      "gain": max(values) - max(values[:cut])})
     return pd.DataFrame(rows)
