@@ -7,7 +7,9 @@
     mtml release [EXERCISE ...] --out DIR
     mtml grade SUBMISSION ... [--key INSTRUCTOR.ipynb] [--json FILE]
 
-Exit codes: 0 success, 1 a notebook failed, 2 bad usage (unknown profile, device or notebook).
+Exit codes: 0 success, 1 a notebook failed, 2 bad usage (unknown profile, device, notebook or seed, an
+output path that cannot be written), 130 interrupted (Ctrl-C; the figure gallery is rewritten first, so
+it lists exactly the figures on disk).
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ import sys
 from pathlib import Path
 
 from mtml_lib import __version__, config
+
+
+def _seed(text: str) -> int:
+    try:
+        return config.check_seed(int(text))
+    except ValueError as err:  # ConfigError is a ValueError; argparse turns it into a usage error
+        raise argparse.ArgumentTypeError(str(err) if isinstance(err, config.ConfigError)
+                                         else f"seed must be an integer, got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="run profile (default: MTML_PROFILE, else full on a GPU and quick on a CPU)")
     run.add_argument("--device", default=None, metavar="{auto,cpu,cuda,mps}",
                      help="device (default: MTML_DEVICE, else auto)")
-    run.add_argument("--seed", type=int, default=0, help="random seed injected into every notebook (default 0)")
+    run.add_argument("--seed", type=_seed, default=0, help="random seed injected into every notebook (default 0)")
     run.add_argument("--out", type=Path, default=None,
                      help="output root for build/, figures/ and results/ (default: MTML_OUT, else the repository)")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
@@ -72,6 +82,8 @@ def _grade(args) -> int:
 
     from mtml_lib import exercises
 
+    if args.json:
+        config.writable_file(args.json, "--json")  # before grading: a bad path must not lose the grades
     reports = []
     for submission in args.submissions:
         key = exercises.resolve([args.key or submission.stem])[0]
@@ -87,12 +99,28 @@ def _grade(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a reader that left shows up here, not at interpreter exit
+        return code
+    except KeyboardInterrupt:
+        print("\nmtml: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `mtml list | head -3`: the reader left, nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     from mtml_lib import exercises, pipeline
 
     try:
         if args.command == "release":
+            config.writable_dir(args.out, "--out")
             for path in exercises.release_all(args.exercises, args.out):
                 print(f"student version written: {path}")
             return 0
@@ -103,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path.stem:<30} {pipeline.describe(path)}")
             return 0
         if args.command == "figures":
-            root = args.out.expanduser().resolve() if args.out else config.output_root()
+            root = config.writable_dir(args.out, "--out") if args.out else config.output_root()
             from mtml_lib.plotting import write_gallery
 
             print(f"gallery written: {write_gallery(root / 'figures')}")

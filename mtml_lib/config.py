@@ -111,6 +111,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     kind = name.split(":", 1)[0]
     if kind not in DEVICE_CHOICES:
         raise ConfigError(f"unknown device {name!r} (from {source}); valid devices: {_choices(DEVICE_CHOICES)}")
+    if kind == "cpu" and name not in ("cpu", "cpu:0"):
+        raise ConfigError(f"device {name!r} (from {source}): the CPU takes no index; use 'cpu'")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"device {name!r} (from {source}) was requested but this machine has no CUDA GPU "
@@ -156,6 +158,52 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
+
+
+SEED_RANGE = (0, 2**63 - 1)  # torch.manual_seed's range for non-negative seeds
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int, or :class:`ConfigError` when it is not an integer in :data:`SEED_RANGE`."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+        raise ConfigError(f"seed {seed} is out of range; valid seeds: {SEED_RANGE[0]} to {SEED_RANGE[1]} (2^63 - 1)")
+    return int(seed)
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """Create the folder ``path`` if needed and check that files can be written in it; otherwise raise
+    :class:`ConfigError` with one line naming ``what`` (e.g. ``"--out"``), the path and the reason."""
+    path = Path(path).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".mtml-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{what} {path} cannot be written: {err.strerror or err}") from None
+    return path
+
+
+def writable_file(path: str | Path, what: str) -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder exists or can be made, and
+    it is not a folder); raise :class:`ConfigError` with one line otherwise. Nothing is left behind."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file name")
+    writable_dir(path.parent, f"the folder of {what}")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{what} {path} cannot be written: {err.strerror or err}") from None
+    if not existed:
+        path.unlink()
+    return path
 
 
 # ------------------------------------------------------------------------------------------ metadata

@@ -176,41 +176,50 @@ def run_notebooks(
     paths = resolve(names)
     if not paths:
         raise NotebookNotFound(f"no notebooks found in {config.notebooks_dir()}")
+    seed = config.check_seed(seed)
     root = Path(out).expanduser().resolve() if out is not None else config.output_root()
-    build = root / "build"
-    build.mkdir(parents=True, exist_ok=True)
+    build = config.writable_dir(root / "build", "--out" if out is not None else "the output folder")
+    config.writable_dir(root / "figures", "--out" if out is not None else "the output folder")
     if not python_kernel_ok():
         log(f"warning: the Jupyter kernel {KERNEL_NAME!r} does not belong to {sys.executable}; notebooks may run "
             "in another environment (remove the other 'python3' kernel spec, see `jupyter kernelspec list`)")
     results: list[NotebookResult] = []
+    from mtml_lib.plotting import write_gallery
+
     # progress bars inside the notebooks would be stored as widget state; papermill's own bar shows progress
     with _environment(MTML_OUT=str(root), TQDM_DISABLE="1"):
-        for i, path in enumerate(paths, 1):
-            name = path.stem
-            output = build / path.name
-            log(f"[{i}/{len(paths)}] {name}: profile={prof} device={dev} seed={seed} -> {output}")
-            t0 = time.perf_counter()
-            try:
-                _execute(path, output, {"profile": prof, "device": str(dev), "seed": int(seed)}, progress)
-            except Exception as err:  # noqa: BLE001 - any failure is reported, then the next notebook runs
-                message, cell, source = _failure(err, output)
-                result = NotebookResult(name, prof, str(dev), "failed", time.perf_counter() - t0, output, message, cell, source)
-                results.append(result)
-                where = f" at {result.where}" if result.where else ""
-                log(f"[{i}/{len(paths)}] {name}: FAILED{where}: {message} (executed copy kept: {output})")
-                if fail_fast:
-                    break
-                continue
-            results.append(NotebookResult(name, prof, str(dev), "ok", time.perf_counter() - t0, output))
-            if store:
-                nb = strip_run_metadata(nbformat.read(output, as_version=4))
-                nbformat.write(nb, path)
-                log(f"[{i}/{len(paths)}] {name}: outputs stored in {path}")
-        from mtml_lib.plotting import write_gallery
-
-        gallery = write_gallery(root / "figures")
+        try:
+            _run_each(paths, prof, dev, seed, build, fail_fast, store, progress, log, results)
+        finally:  # also after Ctrl-C: the gallery then lists exactly the figures on disk
+            gallery = write_gallery(root / "figures")
     log(f"figure gallery: {gallery}")
     return results
+
+
+def _run_each(paths: list[Path], prof: str, dev, seed: int, build: Path, fail_fast: bool, store: bool,
+              progress: bool, log, results: list[NotebookResult]) -> None:
+    """Execute ``paths`` in order, appending one :class:`NotebookResult` each to ``results``."""
+    for i, path in enumerate(paths, 1):
+        name = path.stem
+        output = build / path.name
+        log(f"[{i}/{len(paths)}] {name}: profile={prof} device={dev} seed={seed} -> {output}")
+        t0 = time.perf_counter()
+        try:
+            _execute(path, output, {"profile": prof, "device": str(dev), "seed": int(seed)}, progress)
+        except Exception as err:  # noqa: BLE001 - any failure is reported, then the next notebook runs
+            message, cell, source = _failure(err, output)
+            result = NotebookResult(name, prof, str(dev), "failed", time.perf_counter() - t0, output, message, cell, source)
+            results.append(result)
+            where = f" at {result.where}" if result.where else ""
+            log(f"[{i}/{len(paths)}] {name}: FAILED{where}: {message} (executed copy kept: {output})")
+            if fail_fast:
+                break
+            continue
+        results.append(NotebookResult(name, prof, str(dev), "ok", time.perf_counter() - t0, output))
+        if store:
+            nb = strip_run_metadata(nbformat.read(output, as_version=4))
+            nbformat.write(nb, path)
+            log(f"[{i}/{len(paths)}] {name}: outputs stored in {path}")
 
 
 def summary_table(results: list[NotebookResult]) -> str:

@@ -120,3 +120,61 @@ def test_figures_command_writes_gallery(tmp_path, capsys):
 def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "mtml_lib", "run", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--profile {smoke,quick,full}" in done.stdout and "--fail-fast" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "00", "--seed", str(2**64)], "seed 18446744073709551616 is out of range; valid seeds: 0 to"),
+        (["run", "00", "--seed", "-1"], "out of range"),
+        (["run", "00", "--seed", "one"], "seed must be an integer, got 'one'"),
+        (["run", "00", "--device", "cpu:1", "--profile", "smoke"], "device 'cpu:1' (from argument): the CPU takes no index"),
+    ],
+)
+def test_bad_seeds_and_devices_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_output_paths_that_cannot_be_written_are_one_line_usage_errors(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for argv in (["run", "00", "--profile", "smoke", "--out", str(a_file)],
+                 ["run", "00", "--profile", "smoke", "--out", "/proc/nope"],
+                 ["release", "--out", str(a_file)],
+                 ["figures", "--out", str(a_file)],
+                 ["grade", str(tmp_path / "x.ipynb"), "--json", "/proc/x.json"],
+                 ["grade", str(tmp_path / "x.ipynb"), "--json", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, argv
+        assert err.startswith("mtml: error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert a_file.read_text() == "x"
+
+
+def test_ctrl_c_exits_130_and_leaves_the_gallery_consistent(books, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    real = pipeline._execute
+
+    def interrupted(path, output, parameters, progress):
+        real(path, output, parameters, progress)  # the first notebook writes its figure, then the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_execute", interrupted)
+    code, text = _run(["run", str(books[0]), str(books[2]), "--profile", "smoke", "--out", str(out), "--no-progress"],
+                      capsys)
+    assert code == 130 and "interrupted" in text and "Traceback" not in text
+    index = json.loads((out / "figures" / "index.json").read_text())
+    gallery = (out / "figures" / "README.md").read_text()
+    assert set(index) == {"good_fig"} and "good_fig" in gallery and "smoke" in gallery
+
+
+def test_list_into_a_closed_pipe_is_not_an_error():
+    # the reader is gone before `mtml list` writes a line (as `mtml list | head -1` after head exits)
+    child = subprocess.Popen([sys.executable, "-m", "mtml_lib", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
