@@ -207,20 +207,58 @@ def writable_file(path: str | Path, what: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ metadata
-def git_commit() -> str:
-    """The checkout's commit (with ``-dirty`` when it has local changes), or ``"unknown"``."""
+#: folders of generated outputs: a change there is a result, not a change of the code that made it
+GENERATED_DIRS: tuple[str, ...] = ("results/", "figures/", "build/")
+
+
+def _cell_sources(text: str) -> list[tuple[str, str]] | None:
+    import json
+
+    try:
+        cells = json.loads(text).get("cells", [])
+        return [(c.get("cell_type", ""), "".join(c.get("source", "")) if isinstance(c.get("source"), list)
+                 else str(c.get("source", ""))) for c in cells]
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def _only_outputs_changed(root: Path, path: str) -> bool:
+    """Whether the notebook ``path`` differs from its committed version in outputs and metadata only."""
+    try:
+        committed = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=root, capture_output=True, text=True,
+                                   timeout=10, check=True).stdout
+        current = (root / path).read_text()
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return False
+    before, after = _cell_sources(committed), _cell_sources(current)
+    return before is not None and before == after
+
+
+def git_state() -> tuple[str, list[str]]:
+    """The checkout's commit and its tracked files that differ from it, leaving out generated outputs
+    (:data:`GENERATED_DIRS`) and notebooks whose cells' sources are unchanged (stored outputs only): what
+    remains is code that differs from the commit. ``("unknown", [])`` outside a git checkout."""
     root = repo_root()
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
+        status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=root, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
+        ).stdout
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else (sha or "unknown")
+        return "unknown", []
+    changed = [line[3:].split(" -> ")[-1].strip('"') for line in status.splitlines() if len(line) > 3]
+    dirty = [p for p in changed if not p.startswith(GENERATED_DIRS)
+             and not (p.endswith(".ipynb") and _only_outputs_changed(root, p))]
+    return sha or "unknown", dirty
+
+
+def git_commit() -> str:
+    """The checkout's commit, with ``-dirty`` when code differs from it (see :func:`git_state`), or ``"unknown"``."""
+    sha, dirty = git_state()
+    return f"{sha}-dirty" if dirty and sha != "unknown" else sha
 
 
 @dataclasses.dataclass
@@ -234,7 +272,12 @@ class Run:
     seed: int
     started_at: str
     _t0: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
-    commit: str = dataclasses.field(default_factory=git_commit)
+    commit: str = "unknown"
+    dirty_files: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        sha, self.dirty_files = git_state()
+        self.commit = f"{sha}-dirty" if self.dirty_files and sha != "unknown" else sha
 
     @property
     def wall_time(self) -> float:
@@ -251,6 +294,7 @@ class Run:
             "torch": str(torch.__version__),  # a plain str (torch's TorchVersion does not load with weights_only)
             "python": platform.python_version(),
             "git_commit": self.commit,
+            "git_dirty_files": list(self.dirty_files),
             "started_at": self.started_at,
             "wall_time_s": round(self.wall_time, 3),
         }

@@ -109,3 +109,38 @@ def test_setup_records_provenance():
     assert meta["git_commit"] == "unknown" or len(meta["git_commit"].split("-")[0]) == 40
     assert meta["wall_time_s"] >= 0
     assert run.settings == config.load_profile("00_overview", "smoke")
+
+
+def test_provenance_names_the_commit_and_only_code_changes_make_it_dirty(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    nb = {"cells": [{"cell_type": "code", "source": ["x = 1"], "outputs": [], "metadata": {}}], "metadata": {},
+          "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "notebooks" / "01_a.ipynb").write_text(json.dumps(nb))
+    (tmp_path / "results" / "r.json").write_text("{}")
+    (tmp_path / "lib.py").write_text("A = 1\n")
+    git("init", "-q")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "add", ".")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "code")
+    monkeypatch.setattr(config, "repo_root", lambda: tmp_path)
+    sha, dirty = config.git_state()
+    assert len(sha) == 40 and dirty == []
+
+    (tmp_path / "results" / "r.json").write_text('{"new": 1}')  # a result of the run: not code
+    nb["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["1\n"]}]
+    (tmp_path / "notebooks" / "01_a.ipynb").write_text(json.dumps(nb))  # stored outputs only
+    assert config.git_state() == (sha, []) and config.git_commit() == sha
+
+    nb["cells"][0]["source"] = ["x = 2"]
+    (tmp_path / "notebooks" / "01_a.ipynb").write_text(json.dumps(nb))
+    (tmp_path / "lib.py").write_text("A = 2\n")
+    assert config.git_state() == (sha, ["lib.py", "notebooks/01_a.ipynb"])
+    run = config.setup("00_overview", "smoke", "cpu", seed=0, verbose=False)
+    meta = run.metadata()
+    assert meta["git_commit"] == f"{sha}-dirty" and meta["git_dirty_files"] == ["lib.py", "notebooks/01_a.ipynb"]
