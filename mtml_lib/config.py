@@ -160,6 +160,13 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     return gen
 
 
+def show_progress(progress: bool) -> bool:
+    """Whether to draw a progress bar that the caller asked for: not when ``TQDM_DISABLE`` is set (as
+    ``mtml run`` sets it, so that no widget state ends up in stored notebooks). tqdm reads that variable
+    only for bars that do not pass ``disable`` themselves."""
+    return bool(progress) and os.environ.get("TQDM_DISABLE", "").strip().lower() in ("", "0", "false", "no")
+
+
 SEED_RANGE = (0, 2**63 - 1)  # torch.manual_seed's range for non-negative seeds
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtml_lib import config
 from mtml_lib.data.functions import TEST_FAMILIES, task_family
 from mtml_lib.data.sinusoid import SinusoidTasks
 from mtml_lib.meta.core import MetaLearner
@@ -73,7 +74,7 @@ def train_multitask(settings, seed: int = 0, device: torch.device | str = "cpu",
     model = MultiTaskModel(trunk(settings.hidden), tasks).to(device)
     batch = {name: (data.support_x[i].to(device), data.support_y[i].to(device)) for i, name in enumerate(names)}
     trainer = MultiTaskTrainer(model, optimizer="adam", lr=settings.meta_lr * 3, schedule="cosine",
-                               progress=progress, desc="multi-task trunk")
+                               progress=config.show_progress(progress), desc="multi-task trunk")
     return model, trainer.fit(batch, settings.mt_epochs)
 
 

@@ -144,3 +144,12 @@ def test_provenance_names_the_commit_and_only_code_changes_make_it_dirty(tmp_pat
     run = config.setup("00_overview", "smoke", "cpu", seed=0, verbose=False)
     meta = run.metadata()
     assert meta["git_commit"] == f"{sha}-dirty" and meta["git_dirty_files"] == ["lib.py", "notebooks/01_a.ipynb"]
+
+
+def test_progress_bars_follow_tqdm_disable(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert config.show_progress(True) and not config.show_progress(False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # as `mtml run` sets it: no widget state in stored notebooks
+    assert not config.show_progress(True)
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert config.show_progress(True)

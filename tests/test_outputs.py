@@ -79,3 +79,14 @@ def test_record_refuses_non_finite_and_empty(out):
         results.record(None, {})
     with pytest.raises(FileNotFoundError, match="no results for notebook 'zz'"):
         results.load("zz", "smoke")
+
+
+@pytest.mark.parametrize("path", sorted((config.repo_root() / "notebooks").glob("**/*.ipynb")), ids=lambda p: p.name)
+def test_stored_notebooks_hold_no_widget_state(path):
+    """A widget output shows as an empty or frozen progress bar in JupyterLab ("0% | 0/18"): stored runs
+    must not keep any (mtml run sets TQDM_DISABLE, and every bar the library draws honours it)."""
+    nb = json.loads(path.read_text())
+    assert "widgets" not in nb.get("metadata", {}), path.name
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {}), path.name

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mtml_lib import config
 from mtml_lib.data.linear_tasks import LinearTaskFamily, LinearTaskSet
 from mtml_lib.models.multitask import MultiTaskModel
 from mtml_lib.mtl import linear_models as lm
@@ -120,7 +121,7 @@ def sample_size_sweep(
     ``progress``: a bar over the (seed, n) settings."""
     sizes, seeds = _check_sizes(sample_sizes, "sample_sizes"), _check_seeds(seeds)
     rows = []
-    bar = tqdm(total=len(seeds) * len(sizes), desc="sample sizes", disable=not progress)
+    bar = tqdm(total=len(seeds) * len(sizes), desc="sample sizes", disable=not config.show_progress(progress))
     for seed in seeds:
         family = spec.family(seed)
         full = family.sample(n_tasks, sizes[-1], seed=10_000 + seed)
@@ -146,7 +147,7 @@ def structure_sweep(
     """Rows ``seed, off_subspace, method, risk`` at ``n_samples`` examples per task, for each ρ in ``off_subspace``."""
     seeds = _check_seeds(seeds)
     rows = []
-    bar = tqdm(total=len(seeds) * len(off_subspace), desc="structure", disable=not progress)
+    bar = tqdm(total=len(seeds) * len(off_subspace), desc="structure", disable=not config.show_progress(progress))
     for rho in off_subspace:
         for seed in seeds:
             family = replace(spec, off_subspace=float(rho)).family(seed)
@@ -185,7 +186,7 @@ def transfer_sweep(
     """
     sizes, seeds = _check_sizes(new_sample_sizes, "new_sample_sizes"), _check_seeds(seeds)
     rows = []
-    bar = tqdm(total=len(seeds) * len(sizes), desc="transfer", disable=not progress)
+    bar = tqdm(total=len(seeds) * len(sizes), desc="transfer", disable=not config.show_progress(progress))
     for seed in seeds:
         family = spec.family(seed)
         pretrain = family.sample(n_tasks, n_pretrain, seed=10_000 + seed)

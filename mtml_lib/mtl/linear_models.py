@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from mtml_lib import config
 from mtml_lib.data.linear_tasks import LinearTaskFamily, LinearTaskSet
 from mtml_lib.models.multitask import MultiTaskModel, Task, mse_loss
 from mtml_lib.mtl.trainer import History, MultiTaskTrainer
@@ -209,7 +210,7 @@ def _fit_shared(tasks, rank, epochs, lr, optimizer, schedule, weight_decay, init
     weighting = EqualWeights(tasks.n_tasks) if weights is None else FixedWeights(tasks.n_tasks, weights)
     trainer = MultiTaskTrainer(
         model, weighting, optimizer=optimizer, lr=lr, schedule=schedule, weight_decay=weight_decay,
-        progress=progress, desc=f"shared model (n={tasks.n_samples})",
+        progress=config.show_progress(progress), desc=f"shared model (n={tasks.n_samples})",
     )
     history = trainer.fit(tasks.batch(), epochs)
     return model, history
