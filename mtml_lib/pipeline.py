@@ -94,8 +94,10 @@ def resolve(names: list[str] | None, directory: Path | None = None) -> list[Path
 
 
 def strip_run_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Remove papermill's injected-parameters cell and its run and timing metadata (in place)."""
+    """Remove papermill's injected-parameters cell, its run and timing metadata and any stored widget
+    state (in place)."""
     nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)  # widget state of a bar drawn in some run: JupyterLab shows it frozen
     kept = []
     for cell in nb.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
