@@ -3,7 +3,7 @@
     mtml run [NOTEBOOK ...] [--profile smoke|quick|full] [--device auto|cpu|cuda|mps] [--seed N]
              [--out DIR] [--fail-fast] [--store]
     mtml list
-    mtml figures [--out DIR]
+    mtml figures [--out DIR] [--profile P]
     mtml release [EXERCISE ...] --out DIR
     mtml grade SUBMISSION ... [--key INSTRUCTOR.ipynb] [--json FILE]
 
@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     figures = sub.add_parser("figures", help="regenerate the figure gallery figures/README.md",
                              description="Regenerate figures/README.md from figures/index.json.")
     figures.add_argument("--out", type=Path, default=None, help="output root holding figures/ (default: the repository)")
+    figures.add_argument("--profile", choices=config.PROFILE_NAMES, default=None,
+                         help="the gallery of this profile only (default: every gallery found: figures/ for quick, "
+                              "figures/<profile>/ for the others)")
 
     release = sub.add_parser("release", help="write student versions of the exercises (solutions removed)",
                              description="Write student versions of notebooks/exercises/*.ipynb: solution regions "
@@ -134,7 +137,11 @@ def _main(argv: list[str] | None = None) -> int:
             root = config.writable_dir(args.out, "--out") if args.out else config.output_root()
             from mtml_lib.plotting import write_gallery
 
-            print(f"gallery written: {write_gallery(root / 'figures')}")
+            names = [args.profile] if args.profile else [config.GALLERY_PROFILE] + [
+                p for p in config.PROFILE_NAMES if p != config.GALLERY_PROFILE and (root / "figures" / p).is_dir()]
+            for name in names:
+                folder = root / "figures" / ("" if name == config.GALLERY_PROFILE else name)
+                print(f"gallery written: {write_gallery(folder)}")
             return 0
         results = pipeline.run_notebooks(
             args.notebooks, profile=args.profile, device=args.device, seed=args.seed, out=args.out,

@@ -60,8 +60,25 @@ def output_root() -> Path:
     return Path(env).expanduser().resolve() if env else repo_root()
 
 
-def figures_dir() -> Path:
-    return output_root() / "figures"
+#: the profile whose figures are the gallery of ``figures/`` (what the README shows and the notebooks store);
+#: the figures of another profile go to ``figures/<profile>/``, so a run never overwrites another profile's
+GALLERY_PROFILE = "quick"
+
+
+def figures_dir(profile: str | None = None) -> Path:
+    """``figures/`` under the output root for the quick profile (and outside a run), ``figures/<profile>/``
+    for the others; ``profile`` defaults to the current run's."""
+    if profile is None:
+        run = current_run()
+        profile = run.profile if run is not None else GALLERY_PROFILE
+    root = output_root() / "figures"
+    return root if profile == GALLERY_PROFILE else root / profile
+
+
+def scratch_root() -> Path:
+    """Where a smoke run writes when no output root is given: ``build/smoke`` in the checkout (ignored by
+    git), so that checking that the notebooks run never replaces the committed figures and results."""
+    return repo_root() / "build" / "smoke"
 
 
 def results_dir() -> Path:

@@ -2,12 +2,15 @@
 
 For each notebook, in order: inject ``profile``, ``device`` and ``seed`` into its ``parameters`` cell,
 execute it with the ``python3`` kernel of the current environment (cwd ``notebooks/``), write the executed
-copy to ``<out>/build/``, and let the notebook write ``<out>/figures/`` and ``<out>/results/`` (``MTML_OUT``
+copy to ``<out>/build/``, and let the notebook write ``<out>/figures/`` (``figures/<profile>/`` for a
+profile other than quick: see :func:`mtml_lib.config.figures_dir`) and ``<out>/results/<profile>/`` (``MTML_OUT``
 is set for its kernel, and ``TQDM_DISABLE`` so that no progress widgets end up in the stored outputs;
 papermill's per-cell bar shows the progress instead). A failing notebook is reported with its cell and error, its executed copy (with
 the error) is kept, and the remaining notebooks still run unless ``fail_fast``. At the end the figure
 gallery is regenerated. ``store=True`` writes a successful run back over ``notebooks/<name>.ipynb`` with
-papermill's metadata stripped, so the committed notebooks carry the outputs of a real run.
+papermill's metadata stripped, so the committed notebooks carry the outputs of a real run. A smoke run
+without ``out`` (and without ``MTML_OUT`` or ``store``) writes under ``build/smoke/``: checking that the
+notebooks run changes no committed output.
 """
 
 from __future__ import annotations
@@ -179,9 +182,16 @@ def run_notebooks(
     if not paths:
         raise NotebookNotFound(f"no notebooks found in {config.notebooks_dir()}")
     seed = config.check_seed(seed)
-    root = Path(out).expanduser().resolve() if out is not None else config.output_root()
+    if out is not None:
+        root = Path(out).expanduser().resolve()
+    elif prof == "smoke" and not os.environ.get("MTML_OUT") and not store:
+        root = config.scratch_root()
+        log(f"smoke profile: outputs go to {root} (give --out to choose another folder)")
+    else:
+        root = config.output_root()
     build = config.writable_dir(root / "build", "--out" if out is not None else "the output folder")
-    config.writable_dir(root / "figures", "--out" if out is not None else "the output folder")
+    figures = config.writable_dir(root / "figures" / ("" if prof == config.GALLERY_PROFILE else prof),
+                                  "--out" if out is not None else "the output folder")
     if not python_kernel_ok():
         log(f"warning: the Jupyter kernel {KERNEL_NAME!r} does not belong to {sys.executable}; notebooks may run "
             "in another environment (remove the other 'python3' kernel spec, see `jupyter kernelspec list`)")
@@ -193,7 +203,7 @@ def run_notebooks(
         try:
             _run_each(paths, prof, dev, seed, build, fail_fast, store, progress, log, results)
         finally:  # also after Ctrl-C: the gallery then lists exactly the figures on disk
-            gallery = write_gallery(root / "figures")
+            gallery = write_gallery(figures)
     log(f"figure gallery: {gallery}")
     return results
 

@@ -61,7 +61,9 @@ def _locked(directory: Path):
 
 
 def save_figure(fig: "matplotlib.figure.Figure", name: str, caption: str, notebook: str | None = None) -> dict[str, Any]:
-    """Write ``fig`` as ``figures/<name>.png`` and ``.pdf`` and record it in the gallery index.
+    """Write ``fig`` as ``figures/<name>.png`` and ``.pdf`` and record it in the gallery index (the folder
+    of the current run's profile, :func:`mtml_lib.config.figures_dir`: ``figures/<profile>/`` for a profile
+    other than quick).
 
     ``notebook`` defaults to the notebook of the current run (:func:`mtml_lib.config.setup`).
     Returns the index entry.

@@ -52,9 +52,9 @@ def test_failing_notebook_is_reported_with_cell_and_others_still_run(books, tmp_
     broken = nbformat.read(out / "build" / "02_broken.ipynb", as_version=4)
     assert any(o.get("output_type") == "error" for c in broken.cells if c.cell_type == "code" for o in c.get("outputs", []))
     # the good notebook wrote its figure under --out, with the injected parameters in its provenance
-    index = json.loads((out / "figures" / "index.json").read_text())
+    index = json.loads((out / "figures" / "smoke" / "index.json").read_text())
     assert index["good_fig"]["provenance"]["profile"] == "smoke" and index["good_fig"]["provenance"]["seed"] == 5
-    assert "good_fig" in (out / "figures" / "README.md").read_text()
+    assert "good_fig" in (out / "figures" / "smoke" / "README.md").read_text()
 
 
 def test_fail_fast_stops_at_first_failure(books, tmp_path, capsys):
@@ -167,8 +167,8 @@ def test_ctrl_c_exits_130_and_leaves_the_gallery_consistent(books, tmp_path, cap
     code, text = _run(["run", str(books[0]), str(books[2]), "--profile", "smoke", "--out", str(out), "--no-progress"],
                       capsys)
     assert code == 130 and "interrupted" in text and "Traceback" not in text
-    index = json.loads((out / "figures" / "index.json").read_text())
-    gallery = (out / "figures" / "README.md").read_text()
+    index = json.loads((out / "figures" / "smoke" / "index.json").read_text())
+    gallery = (out / "figures" / "smoke" / "README.md").read_text()
     assert set(index) == {"good_fig"} and "good_fig" in gallery and "smoke" in gallery
 
 
@@ -178,3 +178,22 @@ def test_list_into_a_closed_pipe_is_not_an_error():
     child.stdout.close()
     err = child.stderr.read().decode()
     assert child.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_smoke_run_without_out_writes_to_scratch_not_the_committed_outputs(books, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MTML_OUT", raising=False)
+    repo = tmp_path / "checkout"
+    monkeypatch.setattr(pipeline.config, "repo_root", lambda: repo)
+    code, text = _run(["run", str(books[0]), "--profile", "smoke", "--no-progress"], capsys)
+    assert code == 0 and f"outputs go to {repo / 'build' / 'smoke'}" in text
+    assert (repo / "build" / "smoke" / "figures" / "smoke" / "good_fig.png").is_file()
+    assert not (repo / "figures").exists() and not (repo / "results").exists()
+
+
+def test_figures_command_rewrites_every_gallery(tmp_path, capsys):
+    (tmp_path / "figures" / "full").mkdir(parents=True)
+    code, text = _run(["figures", "--out", str(tmp_path)], capsys)
+    assert code == 0 and text.count("gallery written") == 2
+    assert (tmp_path / "figures" / "full" / "README.md").is_file()
+    code, text = _run(["figures", "--out", str(tmp_path), "--profile", "full"], capsys)
+    assert code == 0 and text.count("gallery written") == 1

@@ -14,7 +14,7 @@ from mtml_lib import config, plotting, results
 @pytest.fixture
 def out(tmp_path, monkeypatch):
     monkeypatch.setenv("MTML_OUT", str(tmp_path))
-    config.setup("00_overview", "smoke", "cpu", seed=3, verbose=False)
+    config.setup("00_overview", "quick", "cpu", seed=3, verbose=False)  # quick: the gallery of figures/
     return tmp_path
 
 
@@ -28,7 +28,7 @@ def test_save_figure_writes_png_pdf_and_index(out):
     index = json.loads((out / "figures" / "index.json").read_text())
     assert index["00_test_line"] == entry
     assert entry["notebook"] == "00_overview" and entry["caption"] == "A line."
-    assert entry["provenance"]["profile"] == "smoke" and entry["provenance"]["seed"] == 3
+    assert entry["provenance"]["profile"] == "quick" and entry["provenance"]["seed"] == 3
 
 
 def test_save_figure_pdf_is_byte_identical_on_rerun(out):
@@ -59,17 +59,17 @@ def test_gallery_lists_figures_and_drops_missing(out):
     plt.close(fig)
     (out / "figures" / "00_b.png").unlink()
     gallery = plotting.write_gallery().read_text()
-    assert "![00_a](00_a.png)" in gallery and "Figure A." in gallery and "profile `smoke`" in gallery
+    assert "![00_a](00_a.png)" in gallery and "Figure A." in gallery and "profile `quick`" in gallery
     assert "00_b" not in gallery
     assert "00_b" not in json.loads((out / "figures" / "index.json").read_text())
 
 
 def test_record_writes_json_with_provenance(out):
     path = results.record(None, {"mse": torch.tensor(0.25), "acc": np.float32(0.5), "curve": np.arange(3)})
-    assert path == out / "results" / "smoke" / "00_overview.json"
-    payload = results.load("00_overview", "smoke")
+    assert path == out / "results" / "quick" / "00_overview.json"
+    payload = results.load("00_overview", "quick")
     assert payload["metrics"] == {"mse": 0.25, "acc": 0.5, "curve": [0, 1, 2]}
-    assert payload["provenance"]["profile"] == "smoke" and payload["provenance"]["notebook"] == "00_overview"
+    assert payload["provenance"]["profile"] == "quick" and payload["provenance"]["notebook"] == "00_overview"
 
 
 def test_record_refuses_non_finite_and_empty(out):
@@ -90,3 +90,16 @@ def test_stored_notebooks_hold_no_widget_state(path):
     for cell in nb["cells"]:
         for output in cell.get("outputs", []):
             assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {}), path.name
+
+
+def test_each_profile_but_quick_has_its_own_figure_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTML_OUT", str(tmp_path))
+    for profile, folder in (("quick", tmp_path / "figures"), ("full", tmp_path / "figures" / "full")):
+        config.setup("00_overview", profile, "cpu", seed=0, verbose=False)
+        fig, ax = plt.subplots()
+        plotting.save_figure(fig, "00_same_name", caption=f"Made by the {profile} profile.")
+        plt.close(fig)
+        index = json.loads((folder / "index.json").read_text())
+        assert index["00_same_name"]["provenance"]["profile"] == profile
+    quick = json.loads((tmp_path / "figures" / "index.json").read_text())
+    assert quick["00_same_name"]["caption"] == "Made by the quick profile."  # the full run did not replace it
