@@ -15,6 +15,7 @@ it lists exactly the figures on disk).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -110,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\nmtml: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `mtml list | head -3`: the reader left, nothing is wrong
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
@@ -123,6 +122,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "release":
+            config.require_checkout("mtml release")  # before --out is made: nothing is written for nothing
             config.writable_dir(args.out, "--out")
             for path in exercises.release_all(args.exercises, args.out):
                 print(f"student version written: {path}")
@@ -134,6 +134,8 @@ def _main(argv: list[str] | None = None) -> int:
                 print(f"{path.stem:<30} {pipeline.describe(path)}")
             return 0
         if args.command == "figures":
+            if not args.out and not os.environ.get("MTML_OUT"):
+                config.require_checkout("mtml figures without --out")
             root = config.writable_dir(args.out, "--out") if args.out else config.output_root()
             from mtml_lib.plotting import write_gallery
 

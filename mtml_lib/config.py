@@ -46,12 +46,34 @@ def _choices(values) -> str:
 
 
 # --------------------------------------------------------------------------------------------- paths
+def _is_checkout(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir() and (folder / "mtml_lib").is_dir()
+
+
+def find_checkout() -> Path | None:
+    """The project checkout: the folder that holds this package (an editable install or a clone on the path),
+    else the nearest folder at or above the working directory that holds ``pyproject.toml``, ``notebooks/``
+    and ``mtml_lib/`` (an installed package used inside a clone); None outside any checkout."""
+    if _is_checkout(PACKAGE_DIR.parent):
+        return PACKAGE_DIR.parent
+    cwd = Path.cwd().resolve()
+    return next((folder for folder in (cwd, *cwd.parents) if _is_checkout(folder)), None)
+
+
 def repo_root() -> Path:
-    """The project checkout holding this package (falls back to the working directory when installed)."""
-    candidate = PACKAGE_DIR.parent
-    if (candidate / "pyproject.toml").is_file() and (candidate / "notebooks").is_dir():
-        return candidate
-    return Path.cwd()
+    """The project checkout (:func:`find_checkout`), or the working directory outside one."""
+    return find_checkout() or Path.cwd()
+
+
+def require_checkout(what: str) -> Path:
+    """The project checkout, or :class:`ConfigError` saying that ``what`` needs one (the notebooks and
+    exercises live in the clone, not in the installed package)."""
+    root = find_checkout()
+    if root is None:
+        raise ConfigError(f"{what} needs the project's checkout (the folder with notebooks/, mtml_lib/ and "
+                          f"pyproject.toml), and neither {Path.cwd()} nor a folder above it is one; run it inside "
+                          "a clone of the project")
+    return root
 
 
 def output_root() -> Path:
@@ -86,7 +108,8 @@ def results_dir() -> Path:
 
 
 def notebooks_dir() -> Path:
-    return repo_root() / "notebooks"
+    """``notebooks/`` of the project checkout; :class:`ConfigError` outside one."""
+    return require_checkout("this command") / "notebooks"
 
 
 def cache_dir() -> Path:

@@ -197,3 +197,48 @@ def test_figures_command_rewrites_every_gallery(tmp_path, capsys):
     assert (tmp_path / "figures" / "full" / "README.md").is_file()
     code, text = _run(["figures", "--out", str(tmp_path), "--profile", "full"], capsys)
     assert code == 0 and text.count("gallery written") == 1
+
+
+@pytest.mark.slow
+def test_the_installed_package_finds_a_checkout_or_says_it_needs_one(tmp_path):
+    """A wheel installed into a fresh environment (the other dependencies reached through a path file, the
+    editable install of this checkout left out): outside a checkout every command that needs the notebooks
+    says so in one line and exits 2; inside a clone (here its notebooks/ folder) it finds them."""
+    import site
+    import sysconfig
+    from pathlib import Path
+
+    repo = Path(pipeline.config.PACKAGE_DIR).parent
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(wheels), str(repo)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    env = tmp_path / "env"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(env)],
+                   check=True, timeout=120)
+    python = env / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    deps = site.getsitepackages()[0] if site.getsitepackages() else sysconfig.get_paths()["purelib"]
+    (Path(purelib) / "deps.pth").write_text(deps + "\n")  # a plain path line: the editable finder stays out
+    wheel = next(wheels.glob("mtml-*.whl"))
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", purelib,
+                                str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([str(python), "-c", "import mtml_lib; print(mtml_lib.__file__)"], cwd=elsewhere,
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(purelib), where
+    import os
+
+    plain = {k: v for k, v in os.environ.items() if k != "MTML_OUT"}  # as a user's shell has it
+    for argv in (["list"], ["run", "03", "--profile", "smoke"], ["release", "--out", "rel"], ["figures"]):
+        done = subprocess.run([str(python), "-m", "mtml_lib", *argv], cwd=elsewhere, capture_output=True, text=True,
+                              timeout=300, env=plain)
+        assert done.returncode == 2, (argv, done.stdout, done.stderr)
+        assert "needs the project's checkout" in done.stderr and "Traceback" not in done.stderr, argv
+    assert list(elsewhere.iterdir()) == []  # nothing written
+    inside = subprocess.run([str(python), "-m", "mtml_lib", "list"], cwd=repo / "notebooks", capture_output=True,
+                            text=True, timeout=300, env=plain)
+    assert inside.returncode == 0 and inside.stdout.startswith("00_overview"), inside.stderr
