@@ -168,7 +168,9 @@ def test_profiles_are_consistent(name):
     out = model(torch.rand(2, 3, s.image_size, s.image_size))
     assert out["seg"].shape[-2:] == (s.image_size, s.image_size)
     if name == "full":
-        assert len(s.seeds) >= 3 and set(s.strategies) == set(cs.STRATEGIES)
+        assert len(s.seeds) >= 3 and set(s.strategies) == set(cs.STRATEGIES) and s.resumable
+    if name in ("quick", "full"):  # both run on the 2-core CPU, two trainings at a time, one thread each
+        assert s.workers == 2 and s.threads == 1 and s.schedule == "cosine"
 
 
 TWO_SEEDS = dataclasses.replace(SMOKE, seeds=(0, 1), strategies=("ew", "rlw", "pcgrad"))
