@@ -51,3 +51,30 @@ def test_mlp_sizes_and_errors():
         MLP([3])
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         MLP([1, 2], activation="swish")
+
+
+def test_tf_same_padding_and_the_strided_conv4_of_finn_et_al():
+    from mtml_lib.models.backbones import StridedConv4, tf_same_padding
+
+    assert [tf_same_padding(n, 3, 2) for n in (28, 14, 7, 4)] == [(0, 1), (0, 1), (1, 1), (0, 1)]
+    torch.manual_seed(0)
+    model = StridedConv4(1, hidden=64, n_out=5)
+    sizes = []
+    for conv in model.convs:
+        conv.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:])))
+    x = torch.rand(7, 1, 28, 28)
+    assert model(x).shape == (7, 5)
+    assert sizes == [(14, 14), (7, 7), (4, 4), (2, 2)]  # 28 -> 14 -> 7 -> 4 -> 2, no pooling
+    assert model.features(x).shape == (7, 64)  # averaged over the last 2x2 map, not flattened
+    assert all(norm.weight is None and norm.eps == 1e-3 for norm in model.norms)  # a shift, no scale
+    assert 0.9 < model.head.weight.std().item() < 1.1 and model.head.bias.abs().sum() == 0  # N(0, 1) head
+    assert all(conv.bias.abs().sum() == 0 for conv in model.convs)
+    bound = (6 / (9 * 64 + 9 * 64)) ** 0.5  # Glorot-uniform of a 3x3 64 -> 64 convolution
+    assert model.convs[1].weight.abs().max() <= bound and model.convs[1].weight.abs().max() > 0.9 * bound
+    assert model.fast_names == [f"convs.{i}.{p}" for i in range(4) for p in ("weight", "bias")] + ["head.weight", "head.bias"]
+    # the shift-only normalisation equals PlainBatchNorm2d with its weight fixed at one
+    plain = PlainBatchNorm2d(64, eps=1e-3)
+    plain.bias.data = torch.randn(64)
+    model.norms[0].bias.data = plain.bias.data.clone()
+    h = torch.randn(4, 64, 5, 5)
+    assert torch.allclose(model.norms[0](h), plain(h))

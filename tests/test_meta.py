@@ -400,3 +400,16 @@ def test_instance_norm_is_also_routed_to_the_loop():
         warnings.simplefilter("always")
         assert MetaLearner(model, F.cross_entropy).path == "loop"
     assert any("InstanceNorm" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+def test_batched_equals_loop_for_the_strided_conv4_with_its_normalisation_left_out_of_the_inner_loop(algorithm):
+    from mtml_lib.models import StridedConv4
+
+    torch.manual_seed(0)
+    model = StridedConv4(1, hidden=4, n_out=2).to(DT)
+    g_vmap, g_loop = both_paths(model, F.cross_entropy, image_batch(), algorithm=algorithm, inner_lr=0.1,
+                                inner_steps=2, inner_params=model.fast_names)
+    assert g_loop.norm() > 0 and rel(g_vmap, g_loop) <= 1e-10
+    learner = MetaLearner(model, F.cross_entropy, algorithm=algorithm, inner_params=model.fast_names)
+    assert not any(n.startswith("norms.") for n in learner.adapted_names) and len(learner.adapted_names) == 10

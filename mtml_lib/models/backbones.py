@@ -44,13 +44,14 @@ class PlainBatchNorm2d(nn.Module):
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased batch variance. Input and output
     ``(B, C, H, W)``. Correct under ``vmap`` at any order of differentiation (see module docstring).
+    ``scale=False`` leaves the weight out (a learned shift only, as TensorFlow's ``batch_norm`` by default).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5):
+    def __init__(self, num_features: int, eps: float = 1e-5, scale: bool = True):
         super().__init__()
         self.num_features = num_features
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features))
+        self.weight = nn.Parameter(torch.ones(num_features)) if scale else None
         self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,10 @@ class PlainBatchNorm2d(nn.Module):
             raise ValueError(f"PlainBatchNorm2d({self.num_features}) expects (B, {self.num_features}, H, W), got {tuple(x.shape)}")
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.view(1, -1, 1, 1)
+        return y + self.bias.view(1, -1, 1, 1)
 
 
 _NORMS = ("plain", "batchnorm", "none")
@@ -110,3 +114,52 @@ class Conv4(nn.Module):
             raise ValueError(f"Conv4 expects images (B, C, H, W), got shape {tuple(x.shape)}")
         z = self.features(x)
         return self.head(z) if self.head is not None else z
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's ``padding="SAME"`` along one axis: ``(before, after)`` so that the output has
+    ``ceil(size / stride)`` positions; an odd total pads one more after (PyTorch's ``padding=1`` pads both
+    sides alike, which samples other pixels at stride 2 on even sizes)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class StridedConv4(nn.Module):
+    """The Conv4 of Finn et al.'s Omniglot code: the ``model`` of MAML's ``paper`` profile.
+
+    Four blocks of a 3x3 convolution with ``hidden`` filters and stride 2 (TensorFlow ``SAME`` padding:
+    28 -> 14 -> 7 -> 4 -> 2; no max-pooling), batch normalisation with a learned shift and no scale
+    (eps 1e-3, the statistics of the batch it is given, at training and at test time), ReLU; the last map
+    is averaged over its positions (``hidden`` features, not flattened); a linear head of ``n_out``
+    outputs. Initialisation as theirs: Glorot-uniform convolution weights, zero biases, head weights from
+    N(0, 1) and a zero head bias. :attr:`fast_names` lists what their inner loop adapts (convolutions and
+    head; the normalisation's shifts are meta-learned only). Input ``(B, C, H, W)``, output ``(B, n_out)``.
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, n_out: int = 5):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, stride=2) for i in range(4)])
+        self.norms = nn.ModuleList([PlainBatchNorm2d(hidden, eps=1e-3, scale=False) for _ in range(4)])
+        self.head = nn.Linear(hidden, n_out)
+        for conv in self.convs:
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.head.weight, 0.0, 1.0)
+        nn.init.zeros_(self.head.bias)
+        self.feature_dim = hidden
+
+    @property
+    def fast_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters() if not n.startswith("norms.")]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"StridedConv4 expects images (B, C, H, W), got shape {tuple(x.shape)}")
+        for conv, norm in zip(self.convs, self.norms):
+            (top, bottom), (left, right) = tf_same_padding(x.shape[-2], 3, 2), tf_same_padding(x.shape[-1], 3, 2)
+            x = torch.relu(norm(conv(torch.nn.functional.pad(x, (left, right, top, bottom)))))
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
