@@ -18,6 +18,7 @@ Learners (all on the Conv4 backbone, ``norm="plain"`` unless the spec says other
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -32,12 +33,16 @@ from mtml_lib.data.episodes import ClassDataset, EpisodeSampler
 from mtml_lib.meta import MetaLearner, mean_ci95, meta_train
 from mtml_lib.meta.protonet import ProtoNet
 from mtml_lib.meta.tasks import TaskBatch
-from mtml_lib.models.backbones import Conv4
+from mtml_lib.models.backbones import Conv4, StridedConv4
 
 LEARNERS: tuple[str, ...] = ("protonet", "maml", "fomaml", "anil", "metasgd")
 #: how the MAML family's linear head starts: torch's default random init, zero, or zero after every
 #: meta-update (the "zeroing trick" of Kao, Chiu & Chen, ICLR 2022)
 HEAD_INITS: tuple[str, ...] = ("random", "zero", "zeroing")
+#: the MAML family's backbone: this package's Conv4 (max-pooling) or the Conv4 of Finn et al.'s Omniglot code
+BACKBONES: tuple[str, ...] = ("conv4", "strided")
+#: how a task's loss is reduced over its examples: the mean, or Finn et al.'s sum divided by the shot
+LOSSES: tuple[str, ...] = ("mean", "sum_over_shot")
 MAML_FAMILY: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd")
 
 
@@ -58,6 +63,15 @@ class TrainSpec:
     (α/n) Σ_j (1[y_j = c] - 1/N) φ(x_j), the class's support features against those of all classes (a
     prototype), and no random row favours one label before the task is seen; with ``"zeroing"`` the
     meta-learned head is always zero and the inner loop alone builds it from the support set.
+
+    Published protocols (the ``paper`` profile) need four more switches. ``backbone="strided"``: the
+    :class:`~mtml_lib.models.backbones.StridedConv4` of Finn et al., its normalisation left out of the
+    inner loop as theirs. ``loss="sum_over_shot"``: a task's cross-entropy summed over its examples and
+    divided by ``k_shot``, as their code computes it, so their α = 0.4 (5-way) is α = 2.0 on the mean.
+    ``halve_every``: halve Adam's step every so many iterations instead of the cosine (Snell et al.);
+    ``select="last"``: keep the last parameters rather than the best on validation (Finn et al. select
+    no model). ``match_shot``: the learner serves only episodes of its own ``k_shot`` (both papers train
+    one model per shot).
     """
 
     learner: str
@@ -79,10 +93,23 @@ class TrainSpec:
     val_shot: int | None = None
     refresh_every: int | None = None
     head_init: str = "random"
+    backbone: str = "conv4"
+    loss: str = "mean"
+    halve_every: int | None = None
+    select: str = "best"
+    match_shot: bool = False
 
     def __post_init__(self):
         if self.learner not in LEARNERS:
             raise ValueError(f"unknown learner {self.learner!r}; valid learners: {', '.join(map(repr, LEARNERS))}")
+        for name, valid in (("backbone", BACKBONES), ("loss", LOSSES), ("select", ("best", "last"))):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"TrainSpec.{name} must be one of {', '.join(map(repr, valid))}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.backbone == "strided" and self.learner == "protonet":
+            raise ValueError("TrainSpec.backbone 'strided' is the MAML family's (Finn et al.); ProtoNets use 'conv4'")
+        if self.halve_every is not None and self.cosine:
+            raise ValueError("TrainSpec: choose one schedule, cosine=True or halve_every, not both")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"TrainSpec.head_init must be one of {', '.join(map(repr, HEAD_INITS))}, "
                              f"got {self.head_init!r}")
@@ -100,8 +127,10 @@ class TrainSpec:
         label = {"protonet": "ProtoNet", "maml": "MAML", "fomaml": "FOMAML", "anil": "ANIL", "metasgd": "Meta-SGD"}
         return label[self.learner] if self.learner == "protonet" else f"{label[self.learner]} {self.n_way}-way"
 
-    def serves(self, n_way: int) -> bool:
-        """Whether a learner trained with this spec can classify ``n_way``-way episodes."""
+    def serves(self, n_way: int, k_shot: int | None = None) -> bool:
+        """Whether a learner trained with this spec classifies ``n_way``-way (``k_shot``-shot) episodes."""
+        if self.match_shot and k_shot is not None and k_shot != self.k_shot:
+            return False
         return self.learner == "protonet" or self.n_way == n_way
 
 
@@ -109,12 +138,25 @@ def make_learner(spec: TrainSpec, in_channels: int = 1, image_size: int = 28) ->
     """A fresh, randomly initialised learner for ``spec`` (seed torch before calling for repeatability)."""
     if spec.learner == "protonet":
         return ProtoNet(Conv4(in_channels, spec.hidden, None, norm=spec.norm, image_size=image_size))
-    model = Conv4(in_channels, spec.hidden, spec.n_way, norm=spec.norm, image_size=image_size)
-    learner = MetaLearner(model, F.cross_entropy, algorithm=spec.learner, inner_lr=spec.inner_lr,
-                          inner_steps=spec.inner_steps, test_steps=spec.test_steps)
+    inner_params = None
+    if spec.backbone == "strided":
+        model = StridedConv4(in_channels, spec.hidden, spec.n_way)
+        inner_params = model.fast_names if spec.learner != "anil" else None
+    else:
+        model = Conv4(in_channels, spec.hidden, spec.n_way, norm=spec.norm, image_size=image_size)
+    loss_fn = F.cross_entropy if spec.loss == "mean" else functools.partial(sum_over_shot_cross_entropy,
+                                                                           k_shot=spec.k_shot)
+    learner = MetaLearner(model, loss_fn, algorithm=spec.learner, inner_lr=spec.inner_lr,
+                          inner_steps=spec.inner_steps, test_steps=spec.test_steps, inner_params=inner_params)
     if spec.head_init != "random":
         zero_head(learner)
     return learner
+
+
+def sum_over_shot_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, k_shot: int) -> torch.Tensor:
+    """Finn et al.'s reduction: the cross-entropy of a task's examples summed, divided by ``k_shot``
+    (= N x the mean for N-way episodes with ``k_shot`` examples per class)."""
+    return F.cross_entropy(logits, labels, reduction="sum") / k_shot
 
 
 @torch.no_grad()
@@ -134,12 +176,19 @@ def _accuracy(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def episode_accuracy(learner: ProtoNet | MetaLearner, batch: TaskBatch, steps: int | None = None) -> torch.Tensor:
     """Query accuracy ``(T,)`` of each episode: ProtoNets classify directly, the MAML family first adapts
-    on the support set for ``steps`` (default: the learner's ``test_steps``) inner steps."""
-    if isinstance(learner, ProtoNet):
-        return learner.evaluate(batch).metric[0]
-    phi = learner.adapt(batch.support_x, batch.support_y, steps=steps)
-    pred = learner.predict(phi, batch.query_x)
-    return (pred.argmax(-1) == batch.query_y).float().mean(-1)
+    on the support set for ``steps`` (default: the learner's ``test_steps``) inner steps. The learner is in
+    evaluation mode meanwhile (normalisation with running statistics uses them; batch statistics are
+    batch statistics in either mode)."""
+    was_training = learner.training
+    learner.eval()
+    try:
+        if isinstance(learner, ProtoNet):
+            return learner.evaluate(batch).metric[0]
+        phi = learner.adapt(batch.support_x, batch.support_y, steps=steps)
+        pred = learner.predict(phi, batch.query_x)
+        return (pred.argmax(-1) == batch.query_y).float().mean(-1)
+    finally:
+        learner.train(was_training)
 
 
 def _device_of(learner: torch.nn.Module) -> torch.device:
@@ -265,7 +314,8 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
     history = meta_train(learner, sample, spec.iterations, spec.meta_batch, spec.meta_lr, log_every=spec.val_every,
                          cosine=spec.cosine, validate=validate, verbose=verbose, checkpoint=checkpoint,
                          key=json.dumps(key, sort_keys=True),
-                         after_step=zero_head if spec.head_init == "zeroing" and spec.learner != "protonet" else None)
+                         after_step=zero_head if spec.head_init == "zeroing" and spec.learner != "protonet" else None,
+                         halve_every=spec.halve_every, restore_best=spec.select == "best")
     return TrainResult(spec=spec, learner=learner, iterations=history.iterations, train_loss=history.loss,
                        val_accuracy=history.val_score, best_iteration=history.best_iteration,
                        best_val_accuracy=history.best_score, seconds=history.seconds)

@@ -308,3 +308,68 @@ def test_head_init_zero_and_the_zeroing_trick():
     only_init = fewshot.train(fewshot.TrainSpec("maml", head_init="zero", **common), train_data, val_data, seed=0)
     assert only_init.learner.model.head.weight.abs().sum() > 0  # the meta-update moves a zero-initialised head
     assert zeroing.val_accuracy != [] and only_init.val_accuracy != []
+
+
+def test_published_protocol_switches_are_checked():
+    for kwargs, message in ((dict(backbone="resnet"), "backbone must be one of 'conv4', 'strided'"),
+                            (dict(loss="sum"), "loss must be one of 'mean', 'sum_over_shot'"),
+                            (dict(select="best-val"), "select must be one of 'best', 'last'"),
+                            (dict(halve_every=2000), "choose one schedule")):
+        with pytest.raises(ValueError, match=message):
+            fewshot.TrainSpec("maml", **kwargs)
+    with pytest.raises(ValueError, match="'strided' is the MAML family's"):
+        fewshot.TrainSpec("protonet", backbone="strided")
+    one_shot = fewshot.TrainSpec("protonet", n_way=60, k_shot=1, match_shot=True)
+    assert one_shot.serves(20, 1) and not one_shot.serves(5, 5) and one_shot.serves(5)
+    assert fewshot.TrainSpec("maml", n_way=5).serves(5, 5)  # without match_shot any shot
+
+
+def test_finns_summed_loss_is_the_mean_with_n_times_the_step():
+    """Finn et al. sum a task's cross-entropy and divide by K: with N-way episodes their α is N·α on the mean."""
+    common = dict(n_way=3, k_shot=2, hidden=4, inner_steps=1, backbone="strided")
+    torch.manual_seed(0)
+    finn = fewshot.make_learner(fewshot.TrainSpec("maml", inner_lr=0.1, loss="sum_over_shot", **common), image_size=16)
+    mean = fewshot.make_learner(fewshot.TrainSpec("maml", inner_lr=0.3, **common), image_size=16)
+    mean.load_state_dict(finn.state_dict())
+    x, y = torch.rand(1, 6, 1, 16, 16), torch.tensor([[0, 0, 1, 1, 2, 2]])
+    a, b = finn.adapt(x, y, steps=1), mean.adapt(x, y, steps=1)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    theta = dict(finn.model.named_parameters())
+    assert torch.equal(a["norms.0.bias"][0], theta["norms.0.bias"])  # the normalisation is not adapted ...
+    assert not torch.equal(a["convs.0.weight"][0], theta["convs.0.weight"])  # ... the convolutions are
+    logits = torch.randn(6, 3)
+    assert fewshot.sum_over_shot_cross_entropy(logits, y[0], 2) == pytest.approx(
+        3 * torch.nn.functional.cross_entropy(logits, y[0]).item())
+
+
+def test_halving_schedule_and_keeping_the_last_iterate():
+    train_data, val_data = pattern_dataset(seed=0), pattern_dataset(seed=1, split="val")
+    spec = fewshot.TrainSpec("protonet", n_way=3, n_query=2, iterations=12, hidden=4, val_every=3, val_episodes=20,
+                             meta_lr=0.05, cosine=False, halve_every=4, select="last")
+    rates = []
+    real_step = ProtoNet.meta_step
+
+    def recording(self, optimizer, batch):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return real_step(self, optimizer, batch)
+
+    ProtoNet.meta_step = recording
+    try:
+        last = fewshot.train(spec, train_data, val_data, seed=0)
+    finally:
+        ProtoNet.meta_step = real_step
+    assert rates == [0.05] * 4 + [0.025] * 4 + [0.0125] * 4
+    val_batch = EpisodeSampler(val_data, 3, 1, 2, seed=1).sample(20)
+    # the last parameters are kept: re-measuring gives the last validation score, whatever the best was
+    assert fewshot.episode_accuracy(last.learner, val_batch).mean().item() == pytest.approx(last.val_accuracy[-1])
+
+
+def test_running_statistics_are_used_and_kept_at_evaluation():
+    torch.manual_seed(0)
+    net = fewshot.make_learner(fewshot.TrainSpec("protonet", hidden=4, norm="running"), image_size=16)
+    batch = EpisodeSampler(pattern_dataset(), 3, 1, 2, seed=0).sample(4)
+    bn = net.encoder.features[0][1]
+    before = bn.running_mean.clone()
+    assert net.training
+    fewshot.episode_accuracy(net, batch)
+    assert torch.equal(bn.running_mean, before) and net.training  # evaluated in eval mode, then back

@@ -112,15 +112,18 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
                meta_lr: float = 1e-3, log_every: int = 100, cosine: bool = False,
                validate: Callable[[nn.Module], float] | None = None, verbose: bool = False,
                checkpoint: str | Path | None = None, key: str = "",
-               after_step: Callable[[nn.Module], None] | None = None) -> History:
+               after_step: Callable[[nn.Module], None] | None = None, halve_every: int | None = None,
+               restore_best: bool = True) -> History:
     """Meta-train ``learner`` with Adam(``meta_lr``) on ``n_iterations`` fresh meta-batches of ``meta_batch``
     tasks. Returns the :class:`History` of the mean query loss, averaged over windows of ``log_every``.
 
     ``learner`` is anything with ``meta_step(optimizer, batch)`` (a :class:`MetaLearner` or a ProtoNet).
-    ``cosine``: decay the step size to zero on a cosine over the run. ``validate``: a function
-    ``learner -> score`` (higher is better, for example accuracy on fixed validation episodes) called at
-    every log; the parameters of the best score (the first, on ties) are loaded back at the end, so the
-    test set never chooses the model. ``verbose`` prints a line at every log.
+    ``cosine``: decay the step size to zero on a cosine over the run; ``halve_every``: halve it every so
+    many iterations instead (Snell et al.'s schedule). ``validate``: a function ``learner -> score``
+    (higher is better, for example accuracy on fixed validation episodes) called at every log; the
+    parameters of the best score (the first, on ties) are loaded back at the end, so the test set never
+    chooses the model (``restore_best=False`` keeps the last iterate, as protocols without model selection
+    do, and the scores serve as curves only). ``verbose`` prints a line at every log.
 
     ``checkpoint``: a file written at every log (learner, optimizer, schedule, the sampler's state, the
     best parameters and the history); the sampler must then have ``state_dict``/``load_state_dict`` (as
@@ -138,12 +141,18 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
     """
     _check_training(n_iterations, meta_batch, meta_lr, log_every)
     optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_iterations) if cosine else None
+    if cosine and halve_every:
+        raise ValueError("choose one schedule: cosine or halve_every, not both")
+    if halve_every is not None and (isinstance(halve_every, bool) or not isinstance(halve_every, int) or halve_every < 1):
+        raise ValueError(f"halve_every must be None or an integer >= 1, got {halve_every!r}")
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_iterations) if cosine else
+                 torch.optim.lr_scheduler.StepLR(optimizer, halve_every, gamma=0.5) if halve_every else None)
     history, window = History(), []
     best_state = None
     done = 0
     settings = {"n_iterations": n_iterations, "meta_batch": meta_batch, "meta_lr": float(meta_lr),
-                "log_every": log_every, "cosine": bool(cosine), "validate": validate is not None, "key": str(key)}
+                "log_every": log_every, "cosine": bool(cosine), "validate": validate is not None, "key": str(key),
+                "halve_every": halve_every, "restore_best": bool(restore_best)}
     if checkpoint is not None:
         if not (hasattr(sample, "state_dict") and hasattr(sample, "load_state_dict")):
             raise TypeError(f"a resumable run needs a sampler with state_dict() and load_state_dict(), got "
@@ -184,7 +193,7 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
             _save(checkpoint, learner, optimizer, scheduler, sample, history, settings, it, best_state)
         if verbose:
             print(f"{line} ({history.seconds:.0f} s)", flush=True)
-    if best_state is not None:
+    if best_state is not None and restore_best:
         learner.load_state_dict(best_state)
     history.seconds = seconds_before + time.perf_counter() - start
     return history

@@ -65,7 +65,7 @@ class PlainBatchNorm2d(nn.Module):
         return y + self.bias.view(1, -1, 1, 1)
 
 
-_NORMS = ("plain", "batchnorm", "none")
+_NORMS = ("plain", "batchnorm", "running", "none")
 
 
 def _block(n_in: int, n_out: int, norm: str, pool: bool) -> nn.Sequential:
@@ -74,6 +74,8 @@ def _block(n_in: int, n_out: int, norm: str, pool: bool) -> nn.Sequential:
         layers.append(PlainBatchNorm2d(n_out))
     elif norm == "batchnorm":
         layers.append(nn.BatchNorm2d(n_out, track_running_stats=False))
+    elif norm == "running":
+        layers.append(nn.BatchNorm2d(n_out))
     layers.append(nn.ReLU())
     if pool:
         layers.append(nn.MaxPool2d(2))
@@ -89,7 +91,9 @@ class Conv4(nn.Module):
     ``(B, feature_dim)``.
 
     ``norm``: ``"plain"`` (default, correct under batched MAML), ``"batchnorm"`` (``nn.BatchNorm2d``
-    without running stats, kept to demonstrate the vmap second-order trap) or ``"none"``.
+    without running stats, kept to demonstrate the vmap second-order trap), ``"running"``
+    (``nn.BatchNorm2d`` with running statistics, used in evaluation mode: Snell et al.'s ProtoNet encoder)
+    or ``"none"``.
     """
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, n_out: int | None = None, norm: str = "plain",
