@@ -5,7 +5,7 @@ Every notebook starts with a papermill ``parameters`` cell (``profile = None``, 
 
 1. the value given explicitly (the notebook's parameters cell, or ``mtml run --profile``);
 2. the environment variables ``MTML_PROFILE`` / ``MTML_DEVICE``;
-3. auto: ``full`` on a GPU, ``quick`` on a CPU.
+3. auto: ``full`` on a GPU, ``quick`` on a CPU (``paper`` is never chosen automatically).
 
 A profile is a frozen dataclass of settings, one class per notebook, defined in
 ``mtml_lib.profiles.<module>``; ``smoke`` runs in seconds (tests), ``quick`` gives meaningful results on a
@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "full")
+PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "full", "paper")
+#: every notebook has these; ``paper`` only where a published protocol exists that ``full`` does not follow
+REQUIRED_PROFILES: tuple[str, ...] = ("smoke", "quick", "full")
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -175,7 +177,20 @@ def load_profile(notebook: str, profile: str) -> Any:
     if profile not in PROFILE_NAMES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {_choices(PROFILE_NAMES)}")
     module = importlib.import_module(f"mtml_lib.profiles.{NOTEBOOK_PROFILES[notebook]}")
+    if profile not in module.PROFILES:
+        having = [nb for nb in NOTEBOOK_PROFILES if has_profile(nb, profile)]
+        raise ConfigError(f"notebook {notebook!r} has no {profile!r} profile (its 'full' profile is its reference "
+                          f"setting); notebooks with one: {_choices(having) or '(none)'}")
     return module.PROFILES[profile]
+
+
+def has_profile(notebook: str, profile: str) -> bool:
+    """Whether ``notebook`` defines ``profile`` (every notebook has smoke, quick and full)."""
+    from mtml_lib.profiles import NOTEBOOK_PROFILES
+
+    if notebook not in NOTEBOOK_PROFILES:
+        return False
+    return profile in importlib.import_module(f"mtml_lib.profiles.{NOTEBOOK_PROFILES[notebook]}").PROFILES
 
 
 # ------------------------------------------------------------------------------------------- seeding

@@ -123,9 +123,11 @@ class TrainSpec:
 
     @property
     def name(self) -> str:
-        """Readable label, e.g. ``"MAML 5-way"`` (ProtoNets serve every way: no suffix)."""
+        """Readable label, e.g. ``"MAML 5-way"`` (ProtoNets serve every way: no suffix; a shot-matched
+        learner adds its shot: ``"MAML 5-way 5-shot"``, ``"ProtoNet 1-shot"``)."""
         label = {"protonet": "ProtoNet", "maml": "MAML", "fomaml": "FOMAML", "anil": "ANIL", "metasgd": "Meta-SGD"}
-        return label[self.learner] if self.learner == "protonet" else f"{label[self.learner]} {self.n_way}-way"
+        name = label[self.learner] if self.learner == "protonet" else f"{label[self.learner]} {self.n_way}-way"
+        return f"{name} {self.k_shot}-shot" if self.match_shot else name
 
     def serves(self, n_way: int, k_shot: int | None = None) -> bool:
         """Whether a learner trained with this spec classifies ``n_way``-way (``k_shot``-shot) episodes."""

@@ -181,6 +181,16 @@ def run_notebooks(
     paths = resolve(names)
     if not paths:
         raise NotebookNotFound(f"no notebooks found in {config.notebooks_dir()}")
+    if prof not in config.REQUIRED_PROFILES:  # e.g. paper: only some notebooks have one
+        if names:
+            for path in paths:
+                config.load_profile(path.stem, prof)  # a one-line error before anything runs
+        else:
+            skipped = [p.stem for p in paths if not config.has_profile(p.stem, prof)]
+            paths = [p for p in paths if config.has_profile(p.stem, prof)]
+            if skipped:
+                log(f"profile {prof}: running {', '.join(p.stem for p in paths)}; "
+                    f"{', '.join(skipped)} have no {prof} profile")
     seed = config.check_seed(seed)
     if out is not None:
         root = Path(out).expanduser().resolve()

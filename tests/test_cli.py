@@ -119,7 +119,7 @@ def test_figures_command_writes_gallery(tmp_path, capsys):
 
 def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "mtml_lib", "run", "--help"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "--profile {smoke,quick,full}" in done.stdout and "--fail-fast" in done.stdout
+    assert done.returncode == 0 and "--profile {smoke,quick,full,paper}" in done.stdout and "--fail-fast" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -242,3 +242,15 @@ def test_the_installed_package_finds_a_checkout_or_says_it_needs_one(tmp_path):
     inside = subprocess.run([str(python), "-m", "mtml_lib", "list"], cwd=repo / "notebooks", capture_output=True,
                             text=True, timeout=300, env=plain)
     assert inside.returncode == 0 and inside.stdout.startswith("00_overview"), inside.stderr
+
+
+def test_the_paper_profile_runs_only_where_a_notebook_has_one(capsys, monkeypatch, tmp_path):
+    ran = []
+    monkeypatch.setattr(pipeline, "_execute", lambda path, output, parameters, progress: ran.append(path.stem))
+    code, text = _run(["run", "--profile", "paper", "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == 0 and ran == ["04_few_shot_classification"]
+    assert "02_multitask_cls_seg" in text and "have no paper profile" in text
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "02", "--profile", "paper", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "has no 'paper' profile" in err and "'04_few_shot_classification'" in err

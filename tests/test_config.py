@@ -95,7 +95,7 @@ def test_every_profile_module_defines_all_profiles():
             profiles = importlib.import_module(f"mtml_lib.profiles.{module}").PROFILES
         except ModuleNotFoundError:
             continue  # a notebook whose profiles are not written yet has no notebook either
-        assert set(profiles) == set(config.PROFILE_NAMES), notebook
+        assert set(config.REQUIRED_PROFILES) <= set(profiles) <= set(config.PROFILE_NAMES), notebook
         for settings in profiles.values():
             assert dataclasses.is_dataclass(settings) and type(settings).__dataclass_params__.frozen, notebook
 
@@ -153,3 +153,13 @@ def test_progress_bars_follow_tqdm_disable(monkeypatch):
     assert not config.show_progress(True)
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert config.show_progress(True)
+
+
+def test_paper_exists_where_a_published_protocol_does_and_is_never_automatic(monkeypatch):
+    monkeypatch.delenv("MTML_PROFILE", raising=False)
+    assert config.resolve_profile(None, "cpu") == "quick"
+    assert config.has_profile("04_few_shot_classification", "paper")
+    assert not config.has_profile("02_multitask_cls_seg", "paper")
+    with pytest.raises(config.ConfigError, match="notebook '02_multitask_cls_seg' has no 'paper' profile.*"
+                                                 "notebooks with one: '04_few_shot_classification'"):
+        config.load_profile("02_multitask_cls_seg", "paper")
