@@ -5,10 +5,10 @@ Every profile trains the single-task baselines and every strategy of ``strategie
 two-core CPU the notebooks are written for, two trainings at a time (``workers``, one thread each: small
 convolutions on a CPU run fastest on one thread, and the runs are independent):
 
-- ``quick`` (about 8 minutes): one seed, 2,500 images, 10 epochs; far enough that every network has left
+- ``quick`` (about 12 minutes): one seed, 2,500 images, 10 epochs; far enough that every network has left
   the single-task classifier's chance plateau and the signs of the comparison are those of ``full``
   (``benchmarks/bench_profile_agreement.py`` checks them on the committed results);
-- ``full`` (about 75 minutes of training): three seeds, 4,000 images, 20 epochs, a larger test split;
+- ``full`` (about 2 hours): three seeds, 4,000 images, 20 epochs, a larger test split;
   every network reaches the plateau of its validation curve (the notebook measures what the last quarter
   of the epochs still adds). Resumable: each finished run is kept in the cache, so a stopped run
   continues and a rerun of a finished one only evaluates.
