@@ -67,8 +67,8 @@ def compare_02(quick: dict, full: dict) -> list[dict]:
     best_full = max(strategies, key=lambda m: np.mean(f[m]))
     best_quick = max(strategies, key=lambda m: np.mean(q[m]))
     # the full winner is settled when its paired interval against every other strategy lies above zero
-    settled = all(M.paired_difference(f[best_full], f[m])[0] > M.paired_difference(f[best_full], f[m])[1]
-                  for m in strategies if m != best_full) if len(f[best_full]) > 1 else False
+    gaps = [M.paired_difference(f[best_full], f[m]) for m in strategies if m != best_full]
+    settled = len(f[best_full]) > 1 and all(diff > half for diff, half in gaps)
     rows.append({"what": "best Δm% strategy", "quick": best_quick, "full": best_full,
                  "verdict": ("agree" if best_quick == best_full else "DISAGREE") if settled else "open"})
     return rows

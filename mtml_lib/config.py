@@ -317,10 +317,13 @@ def git_state() -> tuple[str, list[str]]:
     return sha or "unknown", dirty
 
 
+def _commit_label(sha: str, dirty: list[str]) -> str:
+    return f"{sha}-dirty" if dirty and sha != "unknown" else sha
+
+
 def git_commit() -> str:
     """The checkout's commit, with ``-dirty`` when code differs from it (see :func:`git_state`), or ``"unknown"``."""
-    sha, dirty = git_state()
-    return f"{sha}-dirty" if dirty and sha != "unknown" else sha
+    return _commit_label(*git_state())
 
 
 @dataclasses.dataclass
@@ -339,7 +342,7 @@ class Run:
 
     def __post_init__(self):
         sha, self.dirty_files = git_state()
-        self.commit = f"{sha}-dirty" if self.dirty_files and sha != "unknown" else sha
+        self.commit = _commit_label(sha, self.dirty_files)
 
     @property
     def wall_time(self) -> float:

@@ -17,6 +17,7 @@ Protocol, in the order the code follows it:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 import time
@@ -271,10 +272,12 @@ RUN_SETTINGS: tuple[str, ...] = ("image_size", "n_train", "n_val", "n_test", "wi
                                  "schedule", "data_seed")
 
 
+@functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """A digest of the source of everything a run's numbers depend on (data generation, models, losses,
     trainer, strategies, metrics, this module's training and evaluation functions): an edit to any of it
-    makes :func:`run_path` name a new file, so a resumed study never mixes runs of two versions of the code."""
+    makes :func:`run_path` name a new file, so a resumed study never mixes runs of two versions of the code.
+    Computed once per process (it reads the source files)."""
     import hashlib
     import inspect
     import pkgutil
@@ -335,14 +338,10 @@ class _Job:
     seed: int
     baseline_val: dict[str, dict[str, float]] | None = None
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return (f"{STL}:{self.tasks[0]}" if self.method == STL else self.method, self.seed)
 
-
-def _weighting_class(name: str) -> type:
-    module, cls = WEIGHTINGS[name]
-    return getattr(importlib.import_module(module), cls)
+def _run_key(method: str, tasks: Sequence[str], seed: int) -> tuple[str, int]:
+    """The key of a run in :attr:`Study.runs`: ``(method, seed)``, or ``("stl:<task>", seed)``."""
+    return (f"{STL}:{tasks[0]}" if method == STL else method, seed)
 
 
 #: per worker process: the data splits and the run options, set once by :func:`_init_worker`
@@ -408,7 +407,7 @@ def run_study(settings: Any, data: dict[str, shapes.ShapesSplit] | None = None,
     def strategy_jobs(seed: int) -> list[_Job]:
         baseline_val = {t: {m: runs[(f"{STL}:{t}", seed)].val[t][m] for m in TASK_METRICS[t]} for t in tasks}
         # the gradient-based strategies take longest: start them first so that the workers finish together
-        order = sorted(strategies, key=lambda name: not _weighting_class(name).uses_gradients)
+        order = sorted(strategies, key=lambda name: not make_strategy(name, tasks).uses_gradients)
         return [_Job(name, tuple(tasks), seed, baseline_val) for name in order]
 
     def finished(result: tuple[RunResult, dict[str, torch.Tensor] | None]) -> RunResult:
@@ -417,7 +416,7 @@ def run_study(settings: Any, data: dict[str, shapes.ShapesSplit] | None = None,
             run.model = build_model(run.tasks, settings.widths, shapes.ShapesConfig(image_size=settings.image_size))
             run.model.load_state_dict(state)
             run.model.to(device).eval()
-        runs[(f"{STL}:{run.tasks[0]}" if run.method == STL else run.method, run.seed)] = run
+        runs[_run_key(run.method, run.tasks, run.seed)] = run
         if on_run:
             on_run(run)
         return run
@@ -455,8 +454,8 @@ def run_study(settings: Any, data: dict[str, shapes.ShapesSplit] | None = None,
                         left[run.seed] -= 1
                         if left[run.seed] == 0:
                             pending |= {pool.submit(_run_job, job) for job in strategy_jobs(run.seed)}
-    order = [(f"{STL}:{t}", seed) for seed in settings.seeds for t in tasks]
-    order += [(name, seed) for seed in settings.seeds for name in strategies]
+    order = [_run_key(STL, [t], seed) for seed in settings.seeds for t in tasks]
+    order += [_run_key(name, tasks, seed) for seed in settings.seeds for name in strategies]
     return Study({key: runs[key] for key in order}, list(settings.seeds), strategies, tasks)
 
 
