@@ -240,6 +240,8 @@ class TrainResult:
     best_iteration: int = 0
     best_val_accuracy: float = -math.inf
     seconds: float = 0.0
+    elapsed: list[float] = field(default_factory=list)  # training wall seconds at each logged iteration
+    seed: int = 0
 
     def summary(self) -> dict[str, float | int | str]:
         return {"learner": self.spec.name, "best_iteration": self.best_iteration,
@@ -320,7 +322,97 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
                          halve_every=spec.halve_every, restore_best=spec.select == "best")
     return TrainResult(spec=spec, learner=learner, iterations=history.iterations, train_loss=history.loss,
                        val_accuracy=history.val_score, best_iteration=history.best_iteration,
-                       best_val_accuracy=history.best_score, seconds=history.seconds)
+                       best_val_accuracy=history.best_score, seconds=history.seconds,
+                       elapsed=list(history.elapsed), seed=int(seed))
+
+
+#: per worker process of :func:`train_all`: the data and the run options, set once by :func:`_init_worker`
+_WORKER: dict = {}
+
+
+def _init_worker(train_data, val_data, device: str, threads: int, deterministic: bool) -> None:
+    torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    _WORKER.update(train_data=train_data, val_data=val_data, device=device)
+
+
+def _train_job(spec: TrainSpec, seed: int, checkpoint: str | None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Train one learner in a worker; return its curves and its (selected) parameters on the CPU."""
+    w = _WORKER
+    result = train(spec, w["train_data"], w["val_data"], seed=seed, device=w["device"], checkpoint=checkpoint)
+    curves = {k: getattr(result, k) for k in ("iterations", "train_loss", "val_accuracy", "best_iteration",
+                                              "best_val_accuracy", "seconds", "elapsed", "seed")}
+    return curves, {k: v.detach().cpu() for k, v in result.learner.state_dict().items()}
+
+
+def train_all(specs, train_data: ClassDataset | Callable[[int], ClassDataset], val_data: ClassDataset,
+              seeds=(0,), device: torch.device | str = "cpu", workers: int = 1, threads: int = 1,
+              checkpoint_root: str | Path | None = None, data_key: str = "",
+              on_result: Callable[[TrainResult], None] | None = None) -> dict[tuple[str, int], TrainResult]:
+    """:func:`train` every spec of ``specs`` with every seed of ``seeds``; ``{(spec.name, seed): result}``
+    in the order of ``specs``, then ``seeds``.
+
+    ``workers`` > 1 trains that many learners at once in forked processes of ``threads`` threads each (on
+    the CPU; on another device the learners train one after the other, each using the whole device). The
+    learners are independent and each seeds its own generators, so the results are those of one process
+    (a test checks it). ``checkpoint_root``: make every run resumable, with its file at
+    :func:`checkpoint_path` ``(spec, seed, data_key, checkpoint_root)``. ``on_result`` is called with each
+    result as it finishes (progress).
+    """
+    import multiprocessing
+
+    specs, seeds = list(specs), [int(s) for s in seeds]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two specs share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+                         "results are keyed by name")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    jobs = [(spec, seed) for spec in specs for seed in seeds]
+
+    def checkpoint(spec, seed):
+        return str(checkpoint_path(spec, seed, data_key, checkpoint_root)) if checkpoint_root is not None else None
+
+    out: dict[tuple[str, int], TrainResult] = {}
+
+    def finished(spec, seed, curves, state):
+        data = train_data(0) if callable(train_data) else train_data
+        shape = data.image_shape
+        learner = make_learner(spec, in_channels=shape[0], image_size=shape[-1])
+        learner.load_state_dict(state)
+        result = TrainResult(spec=spec, learner=learner.to(device), **curves)
+        out[(spec.name, seed)] = result
+        if on_result is not None:
+            on_result(result)
+
+    options = (train_data, val_data, str(device), threads, torch.are_deterministic_algorithms_enabled())
+    parallel = workers > 1 and len(jobs) > 1 and torch.device(device).type == "cpu" \
+        and "fork" in multiprocessing.get_all_start_methods()
+    if not parallel:
+        saved, saved_worker = torch.get_num_threads(), dict(_WORKER)
+        _init_worker(*options)
+        try:
+            for spec, seed in jobs:
+                finished(spec, seed, *_train_job(spec, seed, checkpoint(spec, seed)))
+        finally:
+            torch.set_num_threads(saved)
+            _WORKER.clear()
+            _WORKER.update(saved_worker)
+    else:
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        # fork copies the data (and a function that builds it) into the workers without pickling them
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+                                 initargs=options) as pool:
+            pending = {pool.submit(_train_job, spec, seed, checkpoint(spec, seed)): (spec, seed) for spec, seed in jobs}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec, seed = pending.pop(future)
+                    finished(spec, seed, *future.result())
+    return {(spec.name, seed): out[(spec.name, seed)] for spec, seed in jobs}
 
 
 # ------------------------------------------------------------------------------- error analysis
@@ -456,6 +548,85 @@ def results_table(results: dict[str, dict[str, dict[str, float]]], settings: lis
         s: {name: format_accuracy(r[s]["mean"], r[s]["ci95"]) if s in r else "—" for name, r in results.items()}
         for s in settings
     })
+
+
+def over_seeds(per_seed: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, dict]]:
+    """Combine each learner's test results over its training seeds.
+
+    ``per_seed``: ``{learner: {setting: [evaluate() result of seed 0, seed 1, ...]}}``. Returns
+    ``{learner: {setting: {"mean", "ci95", "over", "seeds", "episode_ci95"}}}``: the mean over seeds and the
+    half-width of its 95 % interval over seeds (Student's t; ``"over": "seeds"``), or, with a single seed,
+    that run's interval over its test episodes (``"over": "episodes"``); ``seeds`` and ``episode_ci95``
+    keep every seed's accuracy and episode interval. The same table function reads either.
+    """
+    from mtml_lib.metrics import mean_ci
+
+    out: dict[str, dict[str, dict]] = {}
+    for name, settings in per_seed.items():
+        out[name] = {}
+        for setting, runs in settings.items():
+            if not runs:
+                raise ValueError(f"no results for {name!r}, {setting!r}")
+            means = [float(r["mean"]) for r in runs]
+            episode_ci = [float(r["ci95"]) for r in runs]
+            if len(runs) == 1:
+                mean, ci, over = means[0], episode_ci[0], "episodes"
+            else:
+                (mean, ci), over = mean_ci(means), "seeds"
+            out[name][setting] = {"mean": mean, "ci95": ci, "over": over, "seeds": means, "episode_ci95": episode_ci}
+    return out
+
+
+def paired_to(summary: dict[str, dict[str, dict]], reference: str, settings: list[str]) -> "pd.DataFrame":
+    """Each learner minus ``reference``, seed by seed (the seeds pair them), in percentage points: ``"+1.23 ±
+    0.45"`` with a ``*`` where the 95 % interval (Student's t over the seeds) excludes zero; ``—`` where a
+    learner lacks the setting, the reference row is left out. Needs the per-seed results of
+    :func:`over_seeds` with at least two seeds."""
+    import pandas as pd
+
+    from mtml_lib.metrics import paired_difference
+
+    if reference not in summary:
+        raise ValueError(f"unknown reference learner {reference!r}; valid: {', '.join(map(repr, summary))}")
+    rows = {}
+    for name, results in summary.items():
+        if name == reference:
+            continue
+        row = {}
+        for setting in settings:
+            if setting not in results or setting not in summary[reference]:
+                row[setting] = "—"
+                continue
+            a, b = results[setting]["seeds"], summary[reference][setting]["seeds"]
+            if len(a) < 2:
+                raise ValueError("a paired comparison needs at least two seeds")
+            mean, half = paired_difference(a, b)
+            row[setting] = f"{100 * mean:+.2f} ± {100 * half:.2f}" + (" *" if abs(mean) > half else "")
+        rows[name] = row
+    return pd.DataFrame(rows).T.reindex(columns=settings)
+
+
+def plateau_table(runs: dict[tuple[str, int], "TrainResult"], last: float = 1 / 3) -> "pd.DataFrame":
+    """Has each learner stopped improving? One row per learner (mean over its seeds): the best validation
+    accuracy, the gain of the validation accuracy over the last ``last`` of training (the last logged value
+    minus the one logged at ``1 - last`` of the iterations; percentage points) and the training minutes per
+    seed."""
+    import pandas as pd
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    for (name, _seed), r in runs.items():
+        if not r.val_accuracy:
+            raise ValueError(f"{name}: no validation curve")
+        start = next(i for i, it in enumerate(r.iterations) if it >= (1 - last) * r.iterations[-1])
+        row = rows.setdefault(name, {"best": [], "gain": [], "minutes": []})
+        row["best"].append(100 * r.best_val_accuracy)
+        row["gain"].append(100 * (r.val_accuracy[-1] - r.val_accuracy[start]))
+        row["minutes"].append(r.seconds / 60)
+    label = f"gain over the last {round(100 * last)} % (points)"
+    return pd.DataFrame({name: {"seeds": len(v["best"]), "best validation accuracy (%)": round(sum(v["best"]) / len(v["best"]), 2),
+                                label: round(sum(v["gain"]) / len(v["gain"]), 2),
+                                "training minutes a seed": round(sum(v["minutes"]) / len(v["minutes"]), 1)}
+                         for name, v in rows.items()}).T
 
 
 def setting_name(n_way: int, k_shot: int) -> str:

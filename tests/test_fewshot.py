@@ -252,7 +252,7 @@ def test_every_learner_of_the_long_profiles_trains_and_evaluates(profile):
                                                                                split="val")
     names = {s.name for s in settings.learners}
     assert len(names) == len(settings.learners)  # one name a learner: the notebook keys its results by name
-    expected = {"full": {"ProtoNet", "MAML 5-way", "MAML 20-way", "FOMAML 20-way"},
+    expected = {"full": {"ProtoNet", "MAML 5-way", "FOMAML 5-way", "ANIL 5-way", "Meta-SGD 5-way"},
                 "paper": {"ProtoNet 1-shot", "ProtoNet 5-shot", "MAML 5-way 5-shot", "FOMAML 20-way 1-shot"}}
     assert names >= expected[profile]
     for n_way, k_shot in settings.eval_settings:  # every setting of the table has a learner
@@ -381,3 +381,74 @@ def test_running_statistics_are_used_and_kept_at_evaluation():
     assert net.training
     fewshot.episode_accuracy(net, batch)
     assert torch.equal(bn.running_mean, before) and net.training  # evaluated in eval mode, then back
+
+
+def test_train_all_in_parallel_processes_gives_the_sequential_results(tmp_path):
+    train = lambda r: pattern_dataset(n_classes=8, n_per_class=6, seed=10 + r)  # noqa: E731 (a function: fork, not pickle)
+    val = pattern_dataset(n_classes=5, seed=99, split="val")
+    specs = [fewshot.TrainSpec("protonet", n_way=3, n_query=2, iterations=6, hidden=4, val_every=3, val_episodes=4),
+             fewshot.TrainSpec("maml", n_way=3, n_query=2, meta_batch=2, iterations=6, hidden=4, val_every=3,
+                               val_episodes=4, inner_lr=0.1, head_init="zeroing")]
+    seen = []
+    one = fewshot.train_all(specs, train, val, seeds=(0, 1), workers=1)
+    two = fewshot.train_all(specs, train, val, seeds=(0, 1), workers=2, checkpoint_root=tmp_path, data_key="x",
+                            on_result=lambda r: seen.append((r.spec.name, r.seed)))
+    assert list(one) == list(two) == [("ProtoNet", 0), ("ProtoNet", 1), ("MAML 3-way", 0), ("MAML 3-way", 1)]
+    assert sorted(seen) == sorted(one)
+    for key, a in one.items():
+        b = two[key]
+        assert a.seed == b.seed == key[1]
+        assert a.val_accuracy == b.val_accuracy and a.train_loss == b.train_loss
+        assert a.best_iteration == b.best_iteration and len(a.elapsed) == len(a.iterations) == 2
+        sa, sb = a.learner.state_dict(), b.learner.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        # the selected parameters came across: they score the best validation accuracy again
+        batch = EpisodeSampler(val, 3, 1, 2, seed=key[1] + 1).sample(4)
+        assert fewshot.episode_accuracy(b.learner, batch).mean().item() == pytest.approx(b.best_val_accuracy)
+    assert one[("ProtoNet", 0)].val_accuracy != one[("ProtoNet", 1)].val_accuracy or \
+        one[("ProtoNet", 0)].train_loss != one[("ProtoNet", 1)].train_loss  # the seeds are different runs
+    assert len(list(tmp_path.glob("*.pt"))) == 4  # one resumable file per run
+    with pytest.raises(ValueError, match="share a name"):
+        fewshot.train_all([specs[0], specs[0]], train, val)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
+        fewshot.train_all(specs, train, val, workers=0)
+
+
+def test_results_over_seeds_and_paired_differences():
+    import math
+
+    from mtml_lib.metrics import student_t_quantile
+
+    def run(mean, ci=0.01):
+        return {"mean": mean, "ci95": ci}
+
+    per_seed = {"MAML 5-way": {"5-way 1-shot": [run(0.90), run(0.92), run(0.94)]},
+                "ProtoNet": {"5-way 1-shot": [run(0.95), run(0.97), run(0.99)], "20-way 1-shot": [run(0.9)] * 3},
+                "FOMAML 5-way": {"5-way 1-shot": [run(0.80), run(0.95), run(0.87)]}}
+    summary = fewshot.over_seeds(per_seed)
+    maml = summary["MAML 5-way"]["5-way 1-shot"]
+    assert maml["over"] == "seeds" and maml["seeds"] == [0.90, 0.92, 0.94] and maml["mean"] == pytest.approx(0.92)
+    assert maml["ci95"] == pytest.approx(student_t_quantile(0.95, 2) * 0.02 / math.sqrt(3))  # s = 0.02
+    single = fewshot.over_seeds({"ProtoNet": {"5-way 1-shot": [run(0.9, 0.03)]}})["ProtoNet"]["5-way 1-shot"]
+    assert single["over"] == "episodes" and single["ci95"] == 0.03  # one seed: the interval over test episodes
+    table = fewshot.paired_to(summary, "MAML 5-way", ["5-way 1-shot", "20-way 1-shot"])
+    assert list(table.index) == ["ProtoNet", "FOMAML 5-way"]
+    assert table.loc["ProtoNet", "5-way 1-shot"] == "+5.00 ± 0.00 *"  # the same +5 points at every seed
+    assert table.loc["ProtoNet", "20-way 1-shot"] == "—"  # the reference has no 20-way result
+    assert not table.loc["FOMAML 5-way", "5-way 1-shot"].endswith("*")  # -5, +3, -7: the seeds disagree
+    with pytest.raises(ValueError, match="unknown reference learner 'MAML'"):
+        fewshot.paired_to(summary, "MAML", ["5-way 1-shot"])
+    one_seed = fewshot.over_seeds({"A": {"s": [run(0.9)]}, "B": {"s": [run(0.8)]}})
+    with pytest.raises(ValueError, match="at least two seeds"):
+        fewshot.paired_to(one_seed, "A", ["s"])
+
+
+def test_plateau_table_reads_the_late_gain_of_each_learner():
+    spec = fewshot.TrainSpec("maml", n_way=5)
+    runs = {("MAML 5-way", s): fewshot.TrainResult(spec, None, iterations=[100, 200, 300], val_accuracy=[0.5, 0.8, v],
+                                                    best_val_accuracy=max(0.8, v), seconds=120.0)
+            for s, v in ((0, 0.9), (1, 0.7))}
+    row = fewshot.plateau_table(runs).loc["MAML 5-way"]
+    assert row["seeds"] == 2 and row["training minutes a seed"] == 2.0
+    assert row["best validation accuracy (%)"] == pytest.approx(85.0)  # (90 + 80) / 2
+    assert row["gain over the last 33 % (points)"] == pytest.approx(0.0)  # from iteration 200: +10 and -10

@@ -28,7 +28,8 @@ class History:
     """Mean query loss of each logged window of iterations, and the wall time of the loop.
 
     With a validation hook, ``val_score`` holds its score at each logged iteration (the same
-    ``iterations``), and ``best_iteration``/``best_score`` the checkpoint that was kept.
+    ``iterations``), and ``best_iteration``/``best_score`` the checkpoint that was kept. ``elapsed``: the
+    loop's wall time (validation included) at each logged iteration, for curves against training time.
     """
 
     iterations: list[int] = field(default_factory=list)
@@ -37,6 +38,7 @@ class History:
     val_score: list[float] = field(default_factory=list)
     best_iteration: int = 0
     best_score: float = -math.inf
+    elapsed: list[float] = field(default_factory=list)  # wall seconds of the loop at each logged iteration
 
     @property
     def ms_per_iteration(self) -> float:
@@ -85,6 +87,7 @@ def _resume(checkpoint: Path, learner: nn.Module, optimizer, scheduler, sample, 
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     for name in ("iterations", "loss", "val_score", "best_iteration", "best_score", "seconds"):
         setattr(history, name, state["history"][name])
+    history.elapsed = list(state["history"].get("elapsed", []))
     return int(state["iteration"]), state["best_state"]
 
 
@@ -104,7 +107,8 @@ def _save(checkpoint: Path, learner, optimizer, scheduler, sample, history: Hist
         "best_state": {k: v.detach().cpu() for k, v in best_state.items()} if best_state is not None else None,
         "history": {"iterations": list(history.iterations), "loss": list(history.loss),
                     "val_score": list(history.val_score), "best_iteration": history.best_iteration,
-                    "best_score": history.best_score, "seconds": history.seconds},
+                    "best_score": history.best_score, "seconds": history.seconds,
+                    "elapsed": list(history.elapsed)},
     })
 
 
@@ -189,6 +193,7 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
                 best_state = copy.deepcopy(learner.state_dict())
             line += f" validation {score:.4f}"
         history.seconds = seconds_before + time.perf_counter() - start
+        history.elapsed.append(history.seconds)
         if checkpoint is not None:
             _save(checkpoint, learner, optimizer, scheduler, sample, history, settings, it, best_state)
         if verbose:
