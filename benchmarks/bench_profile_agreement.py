@@ -6,7 +6,9 @@ The quick profile exists so that a reader on a laptop sees, in minutes, the conc
 makes:
 
 - notebook 02: for every strategy, the sign of each task's change against the single-task networks
-  (Δm% per task) and of the overall Δm%, and which strategy has the highest mean Δm%.
+  (Δm% per task) and of the overall Δm%, and which strategy has the highest mean Δm%;
+- notebook 04: for every pair of learners and every test setting they share, which of the two is more
+  accurate on the glyph meta-test split, and which learner is the most accurate 5-way 1-shot.
 
 A statement counts only where the full run settles it: the 95 % interval over its seeds (Student's t)
 excludes zero. Where it does not, the full run itself cannot say which way it goes, so the quick run
@@ -74,25 +76,60 @@ def compare_02(quick: dict, full: dict) -> list[dict]:
     return rows
 
 
+def compare_04(quick: dict, full: dict) -> list[dict]:
+    """One row per (pair of learners, setting): which is more accurate in quick and in full; settled in full
+    when the paired interval over its seeds excludes zero."""
+    def per_seed(results: dict) -> dict[str, dict[str, list[float]]]:
+        return {name: {setting: [float(v) for v in r.get("seeds", [r["mean"]])] for setting, r in settings.items()}
+                for name, settings in results["glyph_test"].items()}
+
+    q, f = per_seed(quick), per_seed(full)
+    names = [n for n in f if n in q]
+    rows = []
+    for setting in dict.fromkeys(s for n in names for s in f[n]):
+        have = [n for n in names if setting in f[n] and setting in q[n]]
+        for i, a in enumerate(have):
+            for b in have[i + 1:]:
+                diff, half = M.paired_difference(f[a][setting], f[b][setting])  # NaN half-width: one seed
+                quick_diff = float(np.mean(q[a][setting]) - np.mean(q[b][setting]))
+                settled = not np.isnan(half) and abs(diff) > half
+                agree = np.sign(quick_diff) == np.sign(diff)
+                rows.append({"what": f"{a} - {b}, {setting}", "quick": f"{100 * quick_diff:+.1f}",
+                             "full": f"{100 * diff:+.1f} ± {100 * half:.1f}",
+                             "verdict": ("agree" if agree else "DISAGREE") if settled else "open"})
+    setting = "5-way 1-shot"
+    have = [n for n in names if setting in f[n] and setting in q[n]]
+    best_full = max(have, key=lambda n: np.mean(f[n][setting]))
+    best_quick = max(have, key=lambda n: np.mean(q[n][setting]))
+    gaps = [M.paired_difference(f[best_full][setting], f[n][setting]) for n in have if n != best_full]
+    settled = len(f[best_full][setting]) > 1 and all(diff > half for diff, half in gaps)
+    rows.append({"what": f"most accurate, {setting}", "quick": best_quick, "full": best_full,
+                 "verdict": ("agree" if best_quick == best_full else "DISAGREE") if settled else "open"})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="the results/ folder to read")
     args = parser.parse_args(argv)
-    try:
-        rows = compare_02(load(args.results, "quick", "02_multitask_cls_seg"),
-                          load(args.results, "full", "02_multitask_cls_seg"))
-    except FileNotFoundError as err:
-        print(f"bench_profile_agreement: {err}", file=sys.stderr)
-        return 2
-    width = max(len(r["what"]) for r in rows)
-    print(f"notebook 02: quick vs full (Δm% in %; full: mean ± 95% CI over seeds)\n")
-    print(f"{'statement':{width}s}  {'quick':>9s}  {'full':>13s}  verdict")
-    for r in rows:
-        print(f"{r['what']:{width}s}  {r['quick']:>9s}  {r['full']:>13s}  {r['verdict']}")
-    settled = [r for r in rows if r["verdict"] != "open"]
-    wrong = [r for r in settled if r["verdict"] == "DISAGREE"]
-    print(f"\n{len(settled) - len(wrong)} of {len(settled)} settled statements agree; {len(rows) - len(settled)} open")
-    return 1 if wrong else 0
+    wrong_total = 0
+    for notebook, compare, unit in (("02_multitask_cls_seg", compare_02, "Δm% in %"),
+                                    ("04_few_shot_classification", compare_04, "accuracy differences in points")):
+        try:
+            rows = compare(load(args.results, "quick", notebook), load(args.results, "full", notebook))
+        except FileNotFoundError as err:
+            print(f"bench_profile_agreement: {err}", file=sys.stderr)
+            return 2
+        width = max(len(r["what"]) for r in rows)
+        print(f"notebook {notebook[:2]}: quick vs full ({unit}; full: mean ± 95% CI over seeds)\n")
+        print(f"{'statement':{width}s}  {'quick':>14s}  {'full':>14s}  verdict")
+        for r in rows:
+            print(f"{r['what']:{width}s}  {r['quick']:>14s}  {r['full']:>14s}  {r['verdict']}")
+        settled = [r for r in rows if r["verdict"] != "open"]
+        wrong = [r for r in settled if r["verdict"] == "DISAGREE"]
+        wrong_total += len(wrong)
+        print(f"\n{len(settled) - len(wrong)} of {len(settled)} settled statements agree; {len(rows) - len(settled)} open\n")
+    return 1 if wrong_total else 0
 
 
 if __name__ == "__main__":

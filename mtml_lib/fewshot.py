@@ -415,6 +415,51 @@ def train_all(specs, train_data: ClassDataset | Callable[[int], ClassDataset], v
     return {(spec.name, seed): out[(spec.name, seed)] for spec, seed in jobs}
 
 
+def zero_head_step(learner: MetaLearner, batch: TaskBatch) -> dict[str, float]:
+    """What one inner step from a zero head does, measured on ``batch`` with ``learner``'s parameters.
+
+    With the head at zero every class has the same logit, so the support loss has no gradient with respect
+    to the features (it is Wᵀ(p − y), and W = 0): one inner step moves the head only, and row c of the
+    adapted head is (α/n) Σ_j (1[y_j = c] − 1/N) φ(x_j), class c's support features against those of all
+    classes; the bias stays 0 on balanced episodes. Hence MAML and ANIL compute the same function and, as
+    the head is zeroed again after every update, the same meta-gradient for the backbone, while the
+    first-order approximation drops the path from the support features through the adapted head. Returns
+    ``backbone_change`` (largest change of a backbone weight in the step, relative to the largest weight),
+    ``head_formula_error`` (largest deviation of the adapted head from the formula, relative to its largest
+    entry), ``anil_vs_maml`` (largest difference of their backbone meta-gradients, relative to MAML's
+    largest entry) and ``fomaml_cosine`` (cosine between FOMAML's and MAML's backbone meta-gradients).
+    Needs a MAML-family learner on a model with a zero linear ``head`` and a ``features`` encoder.
+    """
+    head = getattr(learner.model, "head", None)
+    if learner.algorithm not in ("maml", "fomaml", "anil") or not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"zero_head_step needs a MAML, FOMAML or ANIL learner with a linear head, got "
+                         f"{learner.algorithm!r}")
+    if head.weight.detach().abs().max() > 0 or head.bias.detach().abs().max() > 0:
+        raise ValueError("zero_head_step needs a zero head (head_init='zeroing' or 'zero' before training)")
+    model, n_way = learner.model, head.out_features
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    fast = learner.adapt(batch.support_x, batch.support_y, steps=1)
+    backbone = [n for n in fast if not n.startswith("head.")]
+    largest = max(float(theta[n].abs().max()) for n in backbone) if backbone else 1.0
+    change = max((float((fast[n] - theta[n]).abs().max()) for n in backbone), default=0.0) / largest
+    n_support = batch.support_y.shape[1]
+    with torch.no_grad():
+        phi = torch.stack([model.features(batch.support_x[t]) for t in range(len(batch.support_x))])  # (T, n, D)
+        onehot = F.one_hot(batch.support_y, n_way).to(phi.dtype)
+        expected = learner.inner_lr / n_support * torch.einsum("tnc,tnd->tcd", onehot - 1.0 / n_way, phi)
+    head_error = float((fast["head.weight"] - expected).abs().max() / expected.abs().max())
+
+    def backbone_gradient(algorithm: str) -> torch.Tensor:
+        other = MetaLearner(model, learner.loss_fn, algorithm=algorithm, inner_lr=learner.inner_lr, inner_steps=1)
+        grads, _ = other.meta_gradient(batch)
+        return torch.cat([grads[f"model.{n}"].flatten() for n in theta if not n.startswith("head.")])
+
+    exact, anil, first = backbone_gradient("maml"), backbone_gradient("anil"), backbone_gradient("fomaml")
+    return {"backbone_change": change, "head_formula_error": head_error,
+            "anil_vs_maml": float((anil - exact).abs().max() / exact.abs().max()),
+            "fomaml_cosine": float(F.cosine_similarity(first, exact, dim=0))}
+
+
 # ------------------------------------------------------------------------------- error analysis
 @torch.no_grad()
 def embed_classes(encoder: torch.nn.Module, data: ClassDataset, chunk: int = 1024) -> torch.Tensor:

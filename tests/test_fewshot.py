@@ -452,3 +452,26 @@ def test_plateau_table_reads_the_late_gain_of_each_learner():
     assert row["seeds"] == 2 and row["training minutes a seed"] == 2.0
     assert row["best validation accuracy (%)"] == pytest.approx(85.0)  # (90 + 80) / 2
     assert row["gain over the last 33 % (points)"] == pytest.approx(0.0)  # from iteration 200: +10 and -10
+
+
+def test_one_inner_step_from_a_zero_head_moves_only_the_head_as_the_formula_says():
+    data = pattern_dataset(n_classes=8, n_per_class=6)
+    spec = fewshot.TrainSpec("maml", n_way=4, k_shot=2, hidden=4, inner_lr=0.3, head_init="zero")
+    learner = fewshot.make_learner(spec, image_size=16)
+    batch = EpisodeSampler(data, 4, 2, 3, seed=0).sample(3)
+    out = fewshot.zero_head_step(learner, batch)
+    assert out["backbone_change"] == 0.0  # no gradient reaches the features through a zero head
+    assert out["head_formula_error"] < 1e-5 and out["anil_vs_maml"] < 1e-5
+    assert -1.0 <= out["fomaml_cosine"] < 0.999  # the first-order gradient is another direction
+    with torch.no_grad():
+        learner.model.head.weight.add_(0.1)
+    with pytest.raises(ValueError, match="needs a zero head"):
+        fewshot.zero_head_step(learner, batch)
+    # with a random head the backbone does move: the check above could fail
+    random = fewshot.make_learner(fewshot.TrainSpec("maml", n_way=4, k_shot=2, hidden=4, inner_lr=0.3), image_size=16)
+    fast = random.adapt(batch.support_x, batch.support_y, steps=1)
+    theta = dict(random.model.named_parameters())
+    assert max(float((fast[n] - theta[n].detach()).abs().max()) for n in fast if not n.startswith("head.")) > 0
+    with pytest.raises(ValueError, match="MAML, FOMAML or ANIL"):
+        fewshot.zero_head_step(fewshot.make_learner(fewshot.TrainSpec("metasgd", n_way=4, hidden=4, head_init="zero"),
+                                                    image_size=16), batch)
