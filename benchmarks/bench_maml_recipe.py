@@ -10,10 +10,9 @@ glyph meta-validation split). Nothing here reads the meta-test split: the recipe
 after it. Runs are spread over ``--workers`` processes of one thread each.
 
 Run: ``.venv/bin/python benchmarks/bench_maml_recipe.py`` (about 5 minutes on 2 cores with the defaults).
-Measured (2 cores, 400 meta-batches, 300 validation episodes; random and zero heads at 200 meta-batches
-in an earlier run: 79.6 and 86.7 % for MAML against 89.2 % with zeroing): with zeroing, MAML 87.6 / 93.4 /
-92.7 % at α = 0.1 / 0.4 / 0.8 (first validation after 100 meta-batches: 80.0 / 87.6 / 85.6 %), FOMAML 58.6
-/ 64.4 / 64.1 %.
+Measured before the profiles were fixed (one seed, 300 validation episodes): after 200 meta-batches MAML
+scored 79.6 / 86.7 / 89.2 % with a random / zero / zeroing head; after 400 with zeroing, 89.2 / 93.4 / 92.7 %
+at α = 0.1 / 0.4 / 0.8, FOMAML 58.6 / 64.4 / 64.1 %.
 """
 
 from __future__ import annotations
