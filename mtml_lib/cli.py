@@ -5,7 +5,7 @@
     mtml list
     mtml figures [--out DIR] [--profile P]
     mtml release [EXERCISE ...] --out DIR
-    mtml grade SUBMISSION ... [--key INSTRUCTOR.ipynb] [--json FILE]
+    mtml grade SUBMISSION ... [--key EXERCISE] [--json FILE] [--timeout S] [--memory-gib G]
 
 Exit codes: 0 success, 1 a notebook failed, 2 bad usage (unknown profile, device, notebook or seed, an
 output path that cannot be written), 130 interrupted (Ctrl-C; the figure gallery is rewritten first, so
@@ -72,33 +72,53 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("--out", type=Path, required=True, help="folder for the student notebooks")
 
     grade = sub.add_parser("grade", help="grade submitted exercise notebooks",
-                           description="Run each submission with the instructor's graded cells and print the points.")
+                           description="Run the answer cells of each submission in a sandboxed process with the "
+                                       "instructor's setup cells, compare the values of the instructor's probes with "
+                                       "those of the instructor's solution, and print the points. Every submission "
+                                       "gets a line, a score or zero with the reason; run as root for the full sandbox.")
     grade.add_argument("submissions", nargs="+", type=Path, metavar="SUBMISSION", help="submitted notebooks")
     grade.add_argument("--key", default=None,
                        help="instructor notebook or exercise name (default: the exercise whose file name the submission has)")
     grade.add_argument("--json", type=Path, default=None, help="also write the reports as JSON to this file")
-    grade.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
+    grade.add_argument("--timeout", type=float, default=60,
+                       help="seconds allowed per submission, importing torch included (default 60)")
+    grade.add_argument("--memory-gib", type=float, default=2.0,
+                       help="address-space limit per submission in GiB (default 2; torch alone maps about 0.65)")
     return parser
 
 
 def _grade(args) -> int:
-    import json
+    import time
 
-    from mtml_lib import exercises
+    from mtml_lib import exercises, grading
 
+    settings = grading.Settings(timeout=args.timeout, memory_gib=args.memory_gib).check()
     if args.json:
         config.writable_file(args.json, "--json")  # before grading: a bad path must not lose the grades
-    reports = []
-    for submission in args.submissions:
-        key = exercises.resolve([args.key or submission.stem])[0]
-        report = exercises.grade(submission, key, timeout=args.timeout)
-        reports.append(report)
-        print(f"{submission}: {report.score:g} / {report.total:g} points (key: {key.name})")
-        for q in report.questions:
-            status = "ok" if q.error is None else q.error
-            print(f"  {q.grade_id:<12} {q.score:g}/{q.points:g}  {status}")
+    key = exercises.resolve([args.key])[0] if args.key else None
+    start = time.monotonic()
+
+    def show(report) -> None:
+        where = f"key: {report.exercise}" if report.exercise else "not graded"
+        print(f"{report.submission}: {report.score:g} / {report.total:g} points ({where})"
+              + (f": {report.error}" if report.error else ""), flush=True)
+        if report.error is None:
+            for q in report.questions:
+                print(f"  {q.grade_id:<14} {q.score:g}/{q.points:g}  {'ok' if q.error is None else q.error}")
+        for note in report.notes:
+            print(f"  note: {note}")
+
+    reports = grading.grade_batch(args.submissions, key=key, settings=settings, on_report=show,
+                                  warn=lambda message: print(f"mtml grade: warning: {message}", file=sys.stderr))
+    print(f"{len(reports)} submission(s) graded in {time.monotonic() - start:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
+        try:
+            grading.write_gradebook(reports, args.json)
+        except OSError as err:
+            print(f"mtml: error: grade book {args.json} could not be written ({err.strerror or err}); the grades "
+                  "are printed above", file=sys.stderr)
+            return 1
+        print(f"grade book written: {args.json}")
     return 0
 
 

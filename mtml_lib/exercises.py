@@ -1,26 +1,32 @@
-"""Coursework: release exercise notebooks without their solutions, and grade submissions automatically.
+"""Coursework: exercise notebooks in nbgrader's format, their student versions, and grading.
 
 An exercise is an instructor notebook in ``notebooks/exercises/`` (it runs top to bottom with the
-solutions in place, so the tests check it). Two markers make it coursework:
+solutions in place, so the tests check it). Its cells carry nbgrader's metadata
+(``{"nbgrader": {"grade_id", "points", "solution", "grade", "locked", "schema_version": 3}}``) and markers,
+so an instructor can also run the exercise through nbgrader itself:
 
-- **solution regions** in code cells, between a line ``# BEGIN SOLUTION`` and a line ``# END SOLUTION``.
-  The student version replaces each region by ``# YOUR CODE HERE`` and a ``raise NotImplementedError``
-  (indented like the region), so an unanswered question fails loudly rather than silently.
-- **graded cells**: code cells whose metadata holds ``{"mtml": {"grade_id": "q1", "points": 2}}``. They
-  hold the checks (``assert`` statements). Lines between ``# BEGIN HIDDEN TESTS`` and
-  ``# END HIDDEN TESTS`` are removed from the student version.
+- **answer cells** (``solution: true``): the student's. Lines between ``### BEGIN SOLUTION`` and
+  ``### END SOLUTION`` are replaced in the student version by ``# YOUR CODE HERE`` and a
+  ``raise NotImplementedError`` (indented like the region), so an unanswered question fails loudly.
+- **graded cells** (``grade: true``, with ``points``): the checks a student sees and runs (``assert``
+  statements; lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` are removed from the
+  student version). For ``mtml grade`` each graded cell also holds, in ``metadata.mtml``, its *probes*:
+  Python expressions (and an optional ``setup``) whose values, computed from the student's answers, must
+  equal those computed from the instructor's (within ``rtol``/``atol``). The probes are removed from the
+  student version.
+- **setup cells** (everything else): data and imports, taken from the instructor's copy when grading.
 
-Grading executes the submission with the *instructor's* graded cells put back in place (matched by
-``grade_id``), so editing or deleting a check does not change the grade, and hidden tests run. A graded
-cell scores its points when it runs without error; every other cell may fail without stopping the run
-(a later question can still score). The report lists each question with its points and the error of
-those that failed.
+Grading (:mod:`mtml_lib.grading`) never trusts the submission: only its answer cells are used, they run
+in a sandboxed child process together with the instructor's setup cells, and the grader compares the
+plain numbers the child reports with the instructor's. Authors: keep setup cells before the answer cells
+(or seed their own generators), so an answer that draws random numbers does not change the data a later
+setup cell makes; and give probe setups their own ``torch.Generator``.
 """
 
 from __future__ import annotations
 
 import copy
-import re
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,45 +34,62 @@ import nbformat
 
 from mtml_lib import config
 
-BEGIN_SOLUTION = "# BEGIN SOLUTION"
-END_SOLUTION = "# END SOLUTION"
-BEGIN_HIDDEN = "# BEGIN HIDDEN TESTS"
-END_HIDDEN = "# END HIDDEN TESTS"
+BEGIN_SOLUTION = "### BEGIN SOLUTION"
+END_SOLUTION = "### END SOLUTION"
+BEGIN_HIDDEN = "### BEGIN HIDDEN TESTS"
+END_HIDDEN = "### END HIDDEN TESTS"
 PLACEHOLDER = 'raise NotImplementedError("exercise: replace this line with your solution")'
 
 
 class ExerciseError(ValueError):
-    """A malformed exercise or submission; the message names the notebook and the cell."""
+    """A malformed exercise or an unusable command argument; the message names the notebook and the cell."""
 
 
-@dataclass
-class Question:
+@dataclass(frozen=True)
+class QuestionSpec:
+    """One graded cell: its points and the probes ``mtml grade`` evaluates."""
+
     grade_id: str
     points: float
-    score: float = 0.0
-    error: str | None = None
+    probes: tuple[str, ...]
+    setup: str = ""
+    rtol: float = 1e-7
+    atol: float = 1e-10
 
 
 @dataclass
-class GradeReport:
-    submission: str
-    questions: list[Question] = field(default_factory=list)
+class Exercise:
+    """An instructor notebook, parsed: its code cells by kind, and its questions."""
+
+    name: str
+    path: Path
+    digest: str
+    cells: list[dict] = field(default_factory=list)  # {"kind", "grade_id", "source", "student"}
+    questions: list[QuestionSpec] = field(default_factory=list)
 
     @property
-    def score(self) -> float:
-        return sum(q.score for q in self.questions)
+    def answer_ids(self) -> list[str]:
+        return [c["grade_id"] for c in self.cells if c["kind"] == "solution"]
 
     @property
     def total(self) -> float:
         return sum(q.points for q in self.questions)
 
-    def as_dict(self) -> dict:
-        return {
-            "submission": self.submission,
-            "score": self.score,
-            "total": self.total,
-            "questions": [q.__dict__ for q in self.questions],
-        }
+    def program(self, answers: dict[str, str] | None = None) -> list[dict]:
+        """The cells a grading run executes, in order: the instructor's setup cells and, for each answer
+        cell, ``answers[grade_id]`` (the student's; the empty student version where missing), or the
+        instructor's solution when ``answers`` is None. Graded cells are not run."""
+        program = []
+        for i, cell in enumerate(self.cells, 1):
+            if cell["kind"] == "setup":
+                program.append({"id": f"{i} (setup)", "source": cell["source"]})
+            elif cell["kind"] == "solution":
+                source = cell["source"] if answers is None else answers.get(cell["grade_id"], cell["student"])
+                program.append({"id": f"{i} ({cell['grade_id']})", "source": source})
+        return program
+
+    def probe_spec(self) -> list[dict]:
+        return [{"grade_id": q.grade_id, "setup": q.setup, "probes": list(q.probes)} for q in self.questions]
 
 
 def exercises_dir() -> Path:
@@ -96,9 +119,11 @@ def resolve(names: list[str] | None) -> list[Path]:
     return chosen
 
 
-def _grade_meta(cell) -> dict | None:
-    meta = cell.metadata.get("mtml", {})
-    return meta if "grade_id" in meta else None
+def nbgrader_meta(cell) -> dict:
+    """The cell's ``metadata.nbgrader`` when it is a mapping, else ``{}``."""
+    meta = cell.get("metadata") if isinstance(cell, dict) else None
+    value = meta.get("nbgrader") if isinstance(meta, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def _strip_region(source: str, begin: str, end: str, where: str, replacement: bool) -> str:
@@ -128,35 +153,76 @@ def _strip_region(source: str, begin: str, end: str, where: str, replacement: bo
     return "\n".join(out)
 
 
-def grade_cells(nb: nbformat.NotebookNode, name: str) -> dict[str, nbformat.NotebookNode]:
-    """The graded cells of an instructor notebook by ``grade_id``; checks ids are unique and points positive."""
-    cells: dict[str, nbformat.NotebookNode] = {}
+def _student_source(source: str, where: str) -> str:
+    source = _strip_region(source, BEGIN_SOLUTION, END_SOLUTION, where, replacement=True)
+    return _strip_region(source, BEGIN_HIDDEN, END_HIDDEN, where, replacement=False)
+
+
+def _question(cell, meta: dict, where: str) -> QuestionSpec:
+    gid, points = meta["grade_id"], meta.get("points")
+    if not isinstance(points, (int, float)) or isinstance(points, bool) or points <= 0:
+        raise ExerciseError(f"{where} ({gid!r}) needs positive nbgrader 'points', got {points!r}")
+    probe_meta = cell.metadata.get("mtml")
+    probes = probe_meta.get("probes") if isinstance(probe_meta, dict) else None
+    if not probes or not isinstance(probes, list) or not all(isinstance(p, str) and p.strip() for p in probes):
+        raise ExerciseError(f"{where} ({gid!r}) needs metadata mtml.probes, a non-empty list of expressions")
+    for p in probes:
+        try:
+            compile(p, where, "eval")
+        except SyntaxError as err:
+            raise ExerciseError(f"{where} ({gid!r}): probe {p!r} is not an expression: {err.msg}") from None
+    setup = probe_meta.get("setup", "")
+    rtol, atol = probe_meta.get("rtol", 1e-7), probe_meta.get("atol", 1e-10)
+    if not isinstance(setup, str) or not all(isinstance(t, (int, float)) and t >= 0 for t in (rtol, atol)):
+        raise ExerciseError(f"{where} ({gid!r}): mtml.setup must be text, mtml.rtol and mtml.atol non-negative numbers")
+    return QuestionSpec(gid, float(points), tuple(probes), setup, float(rtol), float(atol))
+
+
+def load(path: Path) -> Exercise:
+    """Parse and check an instructor notebook: unique grade ids, positive points, probes on graded cells."""
+    path = Path(path)
+    raw = path.read_bytes()
+    nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+    exercise = Exercise(name=path.stem, path=path, digest=hashlib.sha256(raw).hexdigest())
+    seen: set[str] = set()
     for i, cell in enumerate(nb.cells, 1):
-        meta = _grade_meta(cell)
-        if meta is None:
+        where = f"{path.name} cell {i}"
+        meta = nbgrader_meta(cell)
+        gid = meta.get("grade_id")
+        if meta and not isinstance(gid, str):
+            raise ExerciseError(f"{where}: nbgrader metadata needs a text 'grade_id', got {gid!r}")
+        if gid in seen:
+            raise ExerciseError(f"{where} repeats grade_id {gid!r}")
+        if gid:
+            seen.add(gid)
+        if cell.cell_type != "code":
             continue
-        gid, points = meta["grade_id"], meta.get("points")
-        if gid in cells:
-            raise ExerciseError(f"{name}: cell {i} repeats grade_id {gid!r}")
-        if not isinstance(points, (int, float)) or points <= 0:
-            raise ExerciseError(f"{name}: cell {i} ({gid!r}) needs positive 'points', got {points!r}")
-        cells[gid] = cell
-    if not cells:
-        raise ExerciseError(f"{name}: no graded cells (code cells with metadata mtml.grade_id and mtml.points)")
-    return cells
+        if meta.get("solution") and meta.get("grade"):
+            raise ExerciseError(f"{where} ({gid!r}): a cell is either an answer (solution) or a check (grade), not both")
+        kind = "solution" if meta.get("solution") else "test" if meta.get("grade") else "setup"
+        if kind == "setup" and BEGIN_SOLUTION in cell.source:
+            raise ExerciseError(f"{where}: a solution region outside an answer cell (nbgrader solution: true)")
+        if kind == "test":
+            exercise.questions.append(_question(cell, meta, where))
+        exercise.cells.append({"kind": kind, "grade_id": gid, "source": cell.source,
+                               "student": _student_source(cell.source, where)})
+    if not exercise.questions:
+        raise ExerciseError(f"{path.name}: no graded cells (code cells with nbgrader grade: true, points and mtml.probes)")
+    if not exercise.answer_ids:
+        raise ExerciseError(f"{path.name}: no answer cells (code cells with nbgrader solution: true)")
+    return exercise
 
 
 def release(instructor: Path) -> nbformat.NotebookNode:
-    """The student version of an instructor notebook: solutions replaced, hidden tests removed, outputs cleared."""
-    nb = nbformat.read(instructor, as_version=4)
-    grade_cells(nb, instructor.name)
-    student = copy.deepcopy(nb)
+    """The student version of an instructor notebook: solutions replaced, hidden tests and probes removed,
+    outputs cleared; nbgrader's metadata kept."""
+    load(instructor)
+    student = nbformat.read(instructor, as_version=4)
     for i, cell in enumerate(student.cells, 1):
+        cell.metadata.pop("mtml", None)
         if cell.cell_type != "code":
             continue
-        where = f"{instructor.name} cell {i}"
-        cell.source = _strip_region(cell.source, BEGIN_SOLUTION, END_SOLUTION, where, replacement=True)
-        cell.source = _strip_region(cell.source, BEGIN_HIDDEN, END_HIDDEN, where, replacement=False)
+        cell.source = _student_source(cell.source, f"{instructor.name} cell {i}")
         cell.outputs = []
         cell.execution_count = None
     return student
@@ -174,48 +240,8 @@ def release_all(names: list[str] | None, out: Path) -> list[Path]:
     return written
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+def grade(submission: Path, key: Path, timeout: float = 60, **settings):
+    """Grade one submission against the instructor notebook ``key``; see :func:`mtml_lib.grading.grade_batch`."""
+    from mtml_lib import grading
 
-
-def grade(submission: Path, key: Path, timeout: int = 300) -> GradeReport:
-    """Execute ``submission`` with the graded cells of ``key`` (the instructor notebook) and score it."""
-    from nbclient import NotebookClient
-
-    submission, key = Path(submission), Path(key)
-    if not submission.is_file():
-        raise ExerciseError(f"submission {submission} does not exist")
-    try:
-        nb = nbformat.read(submission, as_version=4)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ExerciseError(f"submission {submission} is not a readable notebook: {err}") from None
-    official = grade_cells(nbformat.read(key, as_version=4), key.name)
-    seen = set()
-    for cell in nb.cells:
-        meta = _grade_meta(cell)
-        if meta is not None and meta["grade_id"] in official:
-            cell.source = official[meta["grade_id"]].source
-            cell.metadata["mtml"] = dict(official[meta["grade_id"]].metadata["mtml"])
-            seen.add(meta["grade_id"])
-    missing = [gid for gid in official if gid not in seen]
-    for gid in missing:  # a deleted check still runs, at the end
-        nb.cells.append(copy.deepcopy(official[gid]))
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(key.parent)}})
-    client.execute()
-    report = GradeReport(submission=str(submission))
-    for cell in nb.cells:
-        meta = _grade_meta(cell)
-        if meta is None or meta["grade_id"] not in official:
-            continue
-        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-        question = Question(grade_id=meta["grade_id"], points=float(official[meta["grade_id"]].metadata["mtml"]["points"]))
-        if errors:
-            question.error = _ANSI.sub("", f"{errors[0].get('ename')}: {errors[0].get('evalue')}")
-        elif cell.get("execution_count") is None:
-            question.error = "not executed"
-        else:
-            question.score = question.points
-        report.questions.append(question)
-    order = list(official)
-    report.questions.sort(key=lambda q: order.index(q.grade_id))
-    return report
+    return grading.grade_batch([Path(submission)], key=Path(key), settings=grading.Settings(timeout=timeout, **settings))[0]

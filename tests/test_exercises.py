@@ -1,11 +1,11 @@
-"""Coursework: releasing strips solutions and hidden tests; grading uses the instructor's checks."""
+"""Coursework: releasing strips solutions, hidden tests and probes; grading scores answers, not claims."""
 
 import json
 
 import nbformat
 import pytest
 
-from mtml_lib import cli, exercises
+from mtml_lib import cli, exercises, grading
 
 EXERCISE = "ex03_segmentation_metrics"
 
@@ -15,31 +15,53 @@ def key():
     return exercises.resolve([EXERCISE])[0]
 
 
-def test_every_exercise_releases_without_solutions():
+def _answer(nb, grade_id, source):
+    for cell in nb.cells:
+        if exercises.nbgrader_meta(cell).get("grade_id") == grade_id:
+            cell.source = source
+            return nb
+    raise KeyError(grade_id)
+
+
+def test_every_exercise_releases_without_solutions_hidden_tests_or_probes():
     paths = exercises.discover()
-    assert [p.stem for p in paths] == sorted(p.stem for p in paths) and len(paths) >= 3
+    assert [p.stem for p in paths] == sorted(p.stem for p in paths)
+    # at least one exercise per narrative notebook 01-05
+    assert {p.stem[:4] for p in paths} >= {"ex01", "ex02", "ex03", "ex04", "ex05"}
     for path in paths:
         student = exercises.release(path)
         text = "\n".join(c.source for c in student.cells)
         assert exercises.BEGIN_SOLUTION not in text and exercises.BEGIN_HIDDEN not in text
-        regions = sum(c.source.count(exercises.BEGIN_SOLUTION) for c in nbformat.read(path, 4).cells)
+        instructor = nbformat.read(path, 4)
+        regions = sum(c.source.count(exercises.BEGIN_SOLUTION) for c in instructor.cells)
         assert regions >= 1 and text.count(exercises.PLACEHOLDER) == regions
         assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code")
+        assert not any("mtml" in c.metadata for c in student.cells)  # the probes stay with the instructor
+        hidden = sum(c.source.count(exercises.BEGIN_HIDDEN) for c in instructor.cells)
+        assert hidden >= 1, f"{path.name} has no hidden tests"
+        exercise = exercises.load(path)
+        assert len(exercise.questions) >= 2 and all(len(q.probes) >= 2 or q.points <= 1 for q in exercise.questions)
+        for cell in instructor.cells:  # nbgrader's schema: every code cell is locked, an answer or a check
+            meta = exercises.nbgrader_meta(cell)
+            if cell.cell_type == "code":
+                assert meta.get("schema_version") == 3 and isinstance(meta.get("grade_id"), str)
+                assert meta["solution"] or meta["locked"]
+                assert ("points" in meta) == meta["grade"]
 
 
 def test_hidden_tests_are_removed_but_visible_checks_stay():
     path = exercises.resolve(["ex01_multitask_gradient"])[0]
     student = exercises.release(path)
-    graded = [c for c in student.cells if "mtml" in c.metadata]
+    graded = [c for c in student.cells if exercises.nbgrader_meta(c).get("grade")]
     assert "W2 = torch.randn" not in graded[1].source and "assert grad_shared" in graded[1].source
 
 
 def test_solution_placeholder_keeps_indentation():
-    source = "def f(x):\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n"
+    source = "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n"
     out = exercises._strip_region(source, exercises.BEGIN_SOLUTION, exercises.END_SOLUTION, "t", True)
     assert out == f"def f(x):\n    # YOUR CODE HERE\n    {exercises.PLACEHOLDER}"
     with pytest.raises(exercises.ExerciseError, match="never closed"):
-        exercises._strip_region("# BEGIN SOLUTION\nx = 1", exercises.BEGIN_SOLUTION, exercises.END_SOLUTION, "t", True)
+        exercises._strip_region("### BEGIN SOLUTION\nx = 1", exercises.BEGIN_SOLUTION, exercises.END_SOLUTION, "t", True)
 
 
 def _write(nb, path):
@@ -47,48 +69,61 @@ def _write(nb, path):
     return path
 
 
-def test_grading_blank_full_partial_and_tampered(key, tmp_path):
-    instructor = exercises.grade(key, key)
-    assert instructor.score == instructor.total == 5
-
-    blank = _write(exercises.release(key), tmp_path / "blank.ipynb")
-    report = exercises.grade(blank, key)
-    assert report.score == 0 and all("NotImplementedError" in q.error for q in report.questions)
-
-    # partial: the confusion matrix is right, the mIoU forgets to leave absent classes out
-    partial = exercises.release(key)
+def test_grading_full_blank_and_partial(key, tmp_path):
     solved = nbformat.read(key, 4)
-    for cell, ref in zip(partial.cells, solved.cells):
-        if "def confusion" in ref.source:
-            cell.source = ref.source
-        if "def miou" in ref.source:
-            cell.source = "def miou(cm):\n    cm = cm.double()\n    tp = cm.diagonal()\n    return float((tp / (cm.sum(0) + cm.sum(1) - tp).clamp_min(1)).mean())"
-        if "mtml" in cell.metadata:  # a student who weakens every check gains nothing
+    blank = exercises.release(key)
+    # partial: the confusion matrix is right, the mIoU forgets to leave absent classes out, and every
+    # visible check is replaced by a print (which changes nothing: checks are not taken from submissions)
+    partial = exercises.release(key)
+    for gid in ("confusion", "per_batch_mean_miou"):
+        _answer(partial, gid, next(c.source for c in solved.cells if exercises.nbgrader_meta(c).get("grade_id") == gid))
+    _answer(partial, "miou", "def miou(cm):\n    cm = cm.double()\n    tp = cm.diagonal()\n"
+                             "    return float((tp / (cm.sum(0) + cm.sum(1) - tp).clamp_min(1)).mean())")
+    for cell in partial.cells:
+        if exercises.nbgrader_meta(cell).get("grade"):
             cell.source = "print('all good')"
-    report = exercises.grade(_write(partial, tmp_path / "partial.ipynb"), key)
-    scores = {q.grade_id: q.score for q in report.questions}
-    assert scores == {"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 0}
-    assert report.questions[1].error.startswith("AssertionError")
-
-
-def test_deleted_check_still_runs(key, tmp_path):
-    nb = nbformat.read(key, 4)
-    nb.cells = [c for c in nb.cells if c.metadata.get("mtml", {}).get("grade_id") != "q3_per_batch"]
-    report = exercises.grade(_write(nb, tmp_path / "deleted.ipynb"), key)
-    assert {q.grade_id: q.score for q in report.questions}["q3_per_batch"] == 1
+    paths = [key, _write(blank, tmp_path / "blank.ipynb"), _write(partial, tmp_path / "partial.ipynb")]
+    full, empty, part = grading.grade_batch(paths, key=key)
+    assert full.score == full.total == 5 and full.error is None
+    assert empty.score == 0 and all("NotImplementedError" in q.error for q in empty.questions)
+    scores = {q.grade_id: q.score for q in part.questions}
+    # q3 (the mean of per-batch mIoUs) calls the student's own miou, which is only wrong when a class is
+    # absent: every class occurs in each batch, so q3 is legitimately right
+    assert scores == {"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 1}
+    assert part.questions[1].error == "wrong result (check 2: wrong value)"  # the matrix with an absent class
 
 
 def test_cli_release_and_grade(tmp_path, capsys):
     assert cli.main(["release", EXERCISE, "--out", str(tmp_path)]) == 0
     submission = tmp_path / f"{EXERCISE}.ipynb"
     assert submission.is_file()
-    assert cli.main(["grade", str(submission), "--json", str(tmp_path / "grades.json")]) == 0
+    missing = tmp_path / "nobody.ipynb"
+    assert cli.main(["grade", str(submission), str(missing), "--key", EXERCISE,
+                     "--json", str(tmp_path / "grades.json")]) == 0
     out = capsys.readouterr().out
     assert f"{submission}: 0 / 5 points" in out
-    assert json.loads((tmp_path / "grades.json").read_text())[0]["total"] == 5
+    assert f"{missing}: 0 / 5 points (key: {EXERCISE}): the file does not exist" in out
+    book = json.loads((tmp_path / "grades.json").read_text())
+    assert [b["total"] for b in book] == [5, 5] and book[1]["error"] == "the file does not exist"
     with pytest.raises(SystemExit) as exc:
         cli.main(["release", "ex99", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "valid exercises: ex01_multitask_gradient" in capsys.readouterr().err
+
+
+def test_cli_grade_usage_errors_before_grading(tmp_path, capsys):
+    submission = tmp_path / "x.ipynb"
+    submission.write_text("{}")
+    for argv, message in (
+        (["--key", "ex99"], "unknown exercise 'ex99'"),
+        (["--json", str(tmp_path)], "is a folder"),
+        (["--json", "/proc/nope/grades.json"], "cannot be written"),
+        (["--timeout", "0"], "--timeout (seconds) must be a number of at least 1"),
+        (["--memory-gib", "0.1"], "--memory-gib must be a number of at least 0.5"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["grade", str(submission), *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and "Traceback" not in err, (argv, err)
 
 
 def test_malformed_exercise_errors(tmp_path):
@@ -96,8 +131,33 @@ def test_malformed_exercise_errors(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell("x = 1")]
     with pytest.raises(exercises.ExerciseError, match="no graded cells"):
         exercises.release(_write(nb, tmp_path / "none.ipynb"))
-    nb.cells = [nbformat.v4.new_code_cell("assert True", metadata={"mtml": {"grade_id": "a", "points": 0}})]
-    with pytest.raises(exercises.ExerciseError, match="positive 'points'"):
+    check = {"grade": True, "solution": False, "locked": True, "schema_version": 3}
+    nb.cells = [nbformat.v4.new_code_cell("assert True", metadata={"nbgrader": dict(check, grade_id="a", points=0)})]
+    with pytest.raises(exercises.ExerciseError, match="positive nbgrader 'points'"):
         exercises.release(_write(nb, tmp_path / "zero.ipynb"))
-    with pytest.raises(exercises.ExerciseError, match="does not exist"):
-        exercises.grade(tmp_path / "missing.ipynb", tmp_path / "zero.ipynb")
+    nb.cells = [nbformat.v4.new_code_cell("assert True", metadata={"nbgrader": dict(check, grade_id="a", points=1)})]
+    with pytest.raises(exercises.ExerciseError, match="needs metadata mtml.probes"):
+        exercises.release(_write(nb, tmp_path / "noprobe.ipynb"))
+    nb.cells = [nbformat.v4.new_code_cell("assert True", metadata={"nbgrader": dict(check, grade_id="a", points=1),
+                                                                   "mtml": {"probes": ["x ="]}})]
+    with pytest.raises(exercises.ExerciseError, match="not an expression"):
+        exercises.release(_write(nb, tmp_path / "badprobe.ipynb"))
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"nbgrader": dict(check, grade_id="a", points=1),
+                                                             "mtml": {"probes": ["x"]}}),
+                nbformat.v4.new_code_cell("x = 2", metadata={"nbgrader": dict(check, grade_id="a", points=1),
+                                                             "mtml": {"probes": ["x"]}})]
+    with pytest.raises(exercises.ExerciseError, match="repeats grade_id 'a'"):
+        exercises.release(_write(nb, tmp_path / "dup.ipynb"))
+
+
+def test_compare_is_strict_about_structure_and_tolerant_within_tolerance():
+    t = {"__tensor__": [2], "kind": "float", "data": [1.0, 2.0]}
+    assert grading.compare(t, t, 1e-7, 0) is None
+    assert grading.compare({"__tensor__": [2], "kind": "float", "data": [1.0, 2.0 + 1e-9]}, t, 1e-7, 0) is None
+    assert "wrong values" in grading.compare({"__tensor__": [2], "kind": "float", "data": [1.0, 2.1]}, t, 1e-7, 0)
+    assert "shape" in grading.compare({"__tensor__": [1, 2], "kind": "float", "data": [1.0, 2.0]}, t, 1e-7, 0)
+    assert grading.compare(float("nan"), 1.0, 1, 1) and grading.compare(float("inf"), 1.0, 1, 1)
+    assert grading.compare(float("nan"), float("nan"), 0, 0) is None
+    assert grading.compare(True, 1, 0, 0) and grading.compare(1, True, 0, 0)
+    assert grading.compare([1.0], [1.0, 2.0], 0, 0) and grading.compare({"a": 1}, {"a": 1, "b": 2}, 0, 0)
+    assert grading.compare("1.0", 1.0, 0, 0) and grading.compare(None, 1.0, 0, 0)

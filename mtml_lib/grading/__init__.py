@@ -1,0 +1,404 @@
+"""Grading exercise submissions that may be hostile, in batches that always finish.
+
+Threat model: a submission is written by someone who wants points they have not earned, or wants to
+disturb the grading of others. The grader therefore never runs submitted code in its own process and
+never believes what submitted code says about itself:
+
+- Only the submission's *answer cells* (nbgrader ``solution: true``, matched by ``grade_id``) are used;
+  setup cells come from the instructor's notebook and graded cells are not run at all, so editing,
+  deleting, duplicating or stripping them changes nothing, and the total is the instructor's.
+- The answers run in a sandboxed child (:mod:`mtml_lib.grading.sandbox`: private root file system without
+  the instructor notebooks, an unprivileged user id, resource limits, every process killed at the end),
+  which evaluates each question's probes and reports their values as JSON data.
+- The expected values come from a separate sandboxed run of the instructor's own solutions, made before
+  any submission runs and kept in the grader's memory; a question scores its points only when every probe
+  value matches (same structure and shape, numbers within the question's tolerance). A child that
+  patches ``torch.allclose``, the ``assert`` statement, IPython or the report itself can only report
+  numbers, and numbers are checked.
+- The instructor notebooks are hashed before the batch and checked after it; the grade book is written
+  atomically by the grader after every child is dead, at a path checked before grading starts.
+
+Every submission gets a report: a score, or zero with the reason (not a notebook, malformed metadata,
+duplicated grade_id, timeout, memory limit, killed, ...); one bad submission never stops the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtml_lib import exercises
+from mtml_lib.exercises import Exercise, ExerciseError
+from mtml_lib.grading import sandbox
+
+MAX_SUBMISSION_BYTES = 20 << 20
+
+
+@dataclass
+class Settings:
+    """Limits of one submission's run."""
+
+    timeout: float = 60.0  # wall-clock seconds for the whole run (torch's import included)
+    memory_gib: float = 2.0  # RLIMIT_AS; importing torch alone maps about 0.65 GiB
+    file_mib: int = 64  # RLIMIT_FSIZE, and the child's private tmpfs is four times this
+    processes: int = 64  # RLIMIT_NPROC (threads count) for the sandbox's user id
+    isolate: bool = True  # private root, network and user id when running as root
+
+    def check(self) -> "Settings":
+        for name, what, low in (("timeout", "--timeout (seconds)", 1), ("memory_gib", "--memory-gib", 0.5),
+                                ("file_mib", "file size limit (MiB)", 1), ("processes", "process limit", 4)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < low:
+                raise ExerciseError(f"{what} must be a number of at least {low:g}, got {value!r}")
+        return self
+
+
+@dataclass
+class Question:
+    grade_id: str
+    points: float
+    score: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class GradeReport:
+    submission: str
+    exercise: str | None = None
+    questions: list[Question] = field(default_factory=list)
+    error: str | None = None  # why the submission as a whole scored zero
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return sum(q.score for q in self.questions)
+
+    @property
+    def total(self) -> float:
+        return sum(q.points for q in self.questions)
+
+    def as_dict(self) -> dict:
+        return {"submission": self.submission, "exercise": self.exercise, "score": self.score,
+                "total": self.total, "error": self.error, "notes": self.notes,
+                "seconds": round(self.seconds, 2), "questions": [q.__dict__ for q in self.questions]}
+
+
+class _Rejected(Exception):
+    """The submission cannot be graded at all; the message is the reason."""
+
+
+# ------------------------------------------------------------------------------------------ reading
+def read_answers(path: Path, exercise: Exercise) -> tuple[dict[str, str], list[str]]:
+    """The answer cells of a submission by grade_id, and notes on what was ignored; :class:`_Rejected`
+    when the file is not a notebook or an answer's grade_id appears twice."""
+    if not path.exists():
+        raise _Rejected("the file does not exist")
+    if not path.is_file():
+        raise _Rejected("not a file")
+    if path.stat().st_size > MAX_SUBMISSION_BYTES:
+        raise _Rejected(f"not a notebook: larger than {MAX_SUBMISSION_BYTES >> 20} MiB")
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, OSError, RecursionError) as err:
+        raise _Rejected(f"not a notebook: not JSON ({str(err)[:120]})") from None
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list):
+        raise _Rejected("not a notebook: no list of cells")
+    wanted = set(exercise.answer_ids)
+    answers: dict[str, str] = {}
+    count: dict[str, int] = {}
+    notes: list[str] = []
+    for i, cell in enumerate(cells, 1):
+        if not isinstance(cell, dict):
+            notes.append(f"cell {i} is not a cell object: ignored")
+            continue
+        meta = cell.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            notes.append(f"cell {i}: malformed metadata ({type(meta).__name__}): ignored")
+            continue
+        nbg = meta.get("nbgrader") if isinstance(meta, dict) else None
+        if nbg is None:
+            continue
+        if not isinstance(nbg, dict) or not isinstance(nbg.get("grade_id"), str):
+            notes.append(f"cell {i}: malformed nbgrader metadata: ignored")
+            continue
+        gid = nbg["grade_id"]
+        if gid not in wanted or cell.get("cell_type") != "code":
+            continue  # setup and graded cells: the instructor's are used
+        count[gid] = count.get(gid, 0) + 1
+        source = cell.get("source")
+        if isinstance(source, list) and all(isinstance(s, str) for s in source):
+            source = "".join(source)
+        if not isinstance(source, str):
+            notes.append(f"cell {i} ({gid}): its source is not text: ignored")
+            continue
+        answers[gid] = source
+    repeated = sorted(g for g, n in count.items() if n > 1)
+    if repeated:
+        raise _Rejected(f"malformed: grade_id {repeated[0]!r} appears in {count[repeated[0]]} cells "
+                        "(each answer cell must appear once)")
+    if not count:
+        notes.append(f"no answer cells found (code cells with nbgrader grade_id {', '.join(sorted(wanted))})")
+    return answers, notes
+
+
+# ---------------------------------------------------------------------------------------- comparing
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _close(a: float, b: float, rtol: float, atol: float) -> bool:
+    if math.isnan(b):
+        return math.isnan(a)
+    if math.isinf(b) or math.isinf(a):
+        return a == b
+    return abs(a - b) <= atol + rtol * abs(b)
+
+
+def compare(got, expected, rtol: float, atol: float, where: str = "value") -> str | None:
+    """``None`` when ``got`` matches ``expected`` (plain JSON data from the sandbox), else what differs."""
+    if isinstance(expected, dict) and "__tensor__" in expected:
+        if not (isinstance(got, dict) and "__tensor__" in got):
+            return f"{where}: expected a tensor of shape {tuple(expected['__tensor__'])}, got {type(got).__name__}"
+        if got.get("__tensor__") != expected["__tensor__"]:
+            return f"{where}: expected shape {tuple(expected['__tensor__'])}, got {got.get('__tensor__')}"
+        data, ref = got.get("data"), expected["data"]
+        if not isinstance(data, list) or len(data) != len(ref):
+            return f"{where}: malformed tensor"
+        if (got.get("kind") == "bool") != (expected["kind"] == "bool"):
+            return f"{where}: expected a {expected['kind']} tensor, got {got.get('kind')}"
+        for a, b in zip(data, ref):
+            if isinstance(b, bool):
+                if a is not b:
+                    return f"{where}: wrong values"
+            elif not _is_number(a) or not _close(float(a), float(b), rtol, atol):
+                return f"{where}: wrong values"
+        return None
+    if isinstance(expected, bool):
+        return None if got is expected else f"{where}: wrong value"
+    if _is_number(expected):
+        if not _is_number(got):
+            return f"{where}: expected a number, got {type(got).__name__}"
+        return None if _close(float(got), float(expected), rtol, atol) else f"{where}: wrong value"
+    if isinstance(expected, list):
+        if not isinstance(got, list) or len(got) != len(expected):
+            return f"{where}: expected a list of {len(expected)}"
+        for i, (a, b) in enumerate(zip(got, expected)):
+            problem = compare(a, b, rtol, atol, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(got, dict) or set(got) != set(expected):
+            return f"{where}: expected the keys {sorted(expected)}"
+        for k in expected:
+            problem = compare(got[k], expected[k], rtol, atol, f"{where}[{k!r}]")
+            if problem:
+                return problem
+        return None
+    return None if got == expected and type(got) is type(expected) else f"{where}: wrong value"
+
+
+# ------------------------------------------------------------------------------------------ running
+def _probe_values(result: sandbox.RunResult) -> dict[tuple[str, int], dict]:
+    values: dict[tuple[str, int], dict] = {}
+    for record in result.records:
+        if record.get("event") == "probe" and isinstance(record.get("question"), str) \
+                and isinstance(record.get("index"), int) and not isinstance(record.get("index"), bool):
+            values.setdefault((record["question"], record["index"]), record)
+    return values
+
+
+def _run_failure(result: sandbox.RunResult, settings: Settings) -> str:
+    """Why a probe has no value: the run stopped before it."""
+    if result.timed_out:
+        return f"timeout: the run took more than {settings.timeout:g} s"
+    code = result.returncode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if name == "SIGXCPU":
+            return "CPU time limit exceeded"
+        return f"the run was killed ({name}) before this question"
+    return f"the run ended (exit code {code}) before this question"
+
+
+def _memory(error: str) -> bool:
+    return error.startswith("MemoryError") or "can't allocate memory" in error or "DefaultCPUAllocator" in error
+
+
+def _spec(exercise: Exercise, answers: dict[str, str] | None, settings: Settings) -> dict:
+    timeout = float(settings.timeout)
+    return {
+        "cells": exercise.program(answers), "questions": exercise.probe_spec(),
+        "memory_bytes": int(settings.memory_gib * sandbox.GIB), "cpu_seconds": max(2, math.ceil(timeout) + 1),
+        "file_bytes": int(settings.file_mib * sandbox.MIB), "processes": int(settings.processes),
+        "tmpfs_mib": int(settings.file_mib * 4), "isolate": settings.isolate, "binds": sandbox.default_binds(),
+        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg", "USER": "student",
+                "LOGNAME": "student", "TMPDIR": "/tmp"},
+    }
+
+
+class Grader:
+    """Grades submissions against instructor notebooks; one instance per batch."""
+
+    def __init__(self, settings: Settings | None = None, warn=None):
+        self.settings = (settings or Settings()).check()
+        self.uid = sandbox.pick_uid() if self.settings.isolate else -1
+        self.warn = warn or (lambda message: None)
+        self.expected: dict[Path, dict[tuple[str, int], object]] = {}
+        self.exercises: dict[Path, Exercise] = {}
+        self._warned = False
+
+    def exercise(self, key: Path) -> Exercise:
+        key = Path(key).resolve()
+        if key not in self.exercises:
+            self.exercises[key] = exercises.load(key)
+        return self.exercises[key]
+
+    def _sandbox_warnings(self, result: sandbox.RunResult) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        info = result.sandbox or {}
+        messages = list(info.get("warnings", []))
+        if self.uid < 0:
+            messages.append(f"not running as root: submissions run as user id {os.getuid()}, in a temporary folder "
+                            "but without a private file system, and can read every file that user can (the "
+                            "instructor notebooks included); run `mtml grade` as root for grades you can trust")
+        for message in messages:
+            self.warn(message)
+
+    def prepare(self, key: Path) -> Exercise:
+        """Load an exercise and compute its expected probe values from the instructor's solutions."""
+        exercise = self.exercise(key)
+        path = exercise.path.resolve()
+        if path in self.expected:
+            return exercise
+        result = sandbox.run(_spec(exercise, None, self.settings), max(self.settings.timeout, 120), self.uid)
+        if result.sandbox is None:
+            raise ExerciseError(f"the grading sandbox did not start (exit code {result.returncode}): "
+                                f"{result.log.strip().splitlines()[-1] if result.log.strip() else 'no output'}")
+        self._sandbox_warnings(result)
+        values = _probe_values(result)
+        expected = {}
+        for q in exercise.questions:
+            for i, _ in enumerate(q.probes):
+                record = values.get((q.grade_id, i))
+                if record is None or "value" not in record:
+                    why = record.get("error") if record else _run_failure(result, self.settings)
+                    raise ExerciseError(f"{exercise.path.name}: the instructor's solution fails probe {i} of "
+                                        f"{q.grade_id!r}: {why}")
+                expected[(q.grade_id, i)] = record["value"]
+        self.expected[path] = expected
+        return exercise
+
+    def grade(self, submission: Path, key: Path) -> GradeReport:
+        """Grade one submission; never raises for anything the submission contains."""
+        start = time.monotonic()
+        exercise = self.prepare(key)
+        report = GradeReport(submission=str(submission), exercise=exercise.name,
+                             questions=[Question(q.grade_id, q.points) for q in exercise.questions])
+        try:
+            answers, report.notes = read_answers(Path(submission), exercise)
+        except _Rejected as err:
+            return self._reject(report, str(err), start)
+        result = sandbox.run(_spec(exercise, answers, self.settings), self.settings.timeout, self.uid)
+        if result.leftover:
+            report.notes.append(f"processes {result.leftover} of the run could not be killed")
+        cell_errors = [r for r in result.records if r.get("event") == "cell" and r.get("error")]
+        for record in cell_errors[:10]:
+            report.notes.append(f"cell {str(record.get('id'))[:60]}: {str(record['error'])[:300]}")
+        values = _probe_values(result)
+        expected = self.expected[exercise.path.resolve()]
+        for q, spec in zip(report.questions, exercise.questions):
+            for i, _ in enumerate(spec.probes):
+                record = values.get((q.grade_id, i))
+                if record is None:
+                    q.error = _run_failure(result, self.settings)
+                elif "value" not in record:
+                    error = str(record.get("error"))[:300]
+                    q.error = (f"memory limit ({self.settings.memory_gib:g} GiB) exceeded: {error}" if _memory(error)
+                               else f"check {i + 1}: {error}")
+                else:
+                    problem = compare(record["value"], expected[(q.grade_id, i)], spec.rtol, spec.atol,
+                                      f"check {i + 1}")
+                    if problem:
+                        q.error = f"wrong result ({problem})"
+                if q.error:
+                    break
+            else:
+                q.score = q.points
+        report.seconds = time.monotonic() - start
+        return report
+
+    def _reject(self, report: GradeReport, reason: str, start: float) -> GradeReport:
+        report.error = reason
+        for q in report.questions:
+            q.error = reason
+        report.seconds = time.monotonic() - start
+        return report
+
+    def reject(self, submission: Path, reason: str) -> GradeReport:
+        return GradeReport(submission=str(submission), error=reason)
+
+
+def key_for(submission: Path) -> tuple[Path | None, str | None]:
+    """The instructor notebook named like the submission, or None and the reason."""
+    try:
+        return exercises.resolve([Path(submission).stem])[0], None
+    except ExerciseError as err:
+        return None, f"{err}; pass --key to name the exercise"
+
+
+def grade_batch(submissions: list[Path], key: Path | None = None, settings: Settings | None = None,
+                on_report=None, warn=None) -> list[GradeReport]:
+    """Grade every submission (against ``key``, an exercise name or instructor notebook, or else the exercise
+    named like each file) and return one report
+    each, in order. Instructor notebooks are loaded and solved before the first submission runs, and are
+    checked unchanged afterwards (:class:`ExerciseError` otherwise, after every report was made)."""
+    grader = Grader(settings, warn=warn)
+    if key is not None:
+        key = exercises.resolve([str(key)])[0]
+    keys = [(key, None) if key is not None else key_for(s) for s in submissions]
+    for path in dict.fromkeys(k for k, _ in keys if k is not None):
+        grader.prepare(path)
+    reports = []
+    for submission, (path, problem) in zip(submissions, keys):
+        report = grader.reject(submission, problem) if path is None else grader.grade(Path(submission), path)
+        reports.append(report)
+        if on_report:
+            on_report(report)
+    import hashlib
+
+    for exercise in grader.exercises.values():
+        if hashlib.sha256(exercise.path.read_bytes()).hexdigest() != exercise.digest:
+            raise ExerciseError(f"the instructor notebook {exercise.path} changed during grading; grade again")
+    return reports
+
+
+def write_gradebook(reports: list[GradeReport], path: Path) -> None:
+    """Write the reports as JSON, atomically (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    text = json.dumps([r.as_dict() for r in reports], indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
