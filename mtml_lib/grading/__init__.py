@@ -259,6 +259,10 @@ class Grader:
         self.expected: dict[Path, dict[tuple[str, int], object]] = {}
         self.exercises: dict[Path, Exercise] = {}
         self._warned = False
+        self.server = sandbox.Server()
+
+    def close(self) -> None:
+        self.server.close()
 
     def exercise(self, key: Path) -> Exercise:
         key = Path(key).resolve()
@@ -273,9 +277,10 @@ class Grader:
         info = result.sandbox or {}
         messages = list(info.get("warnings", []))
         if self.uid < 0:
-            messages.append(f"not running as root: submissions run as user id {os.getuid()}, in a temporary folder "
-                            "but without a private file system, and can read every file that user can (the "
-                            "instructor notebooks included); run `mtml grade` as root for grades you can trust")
+            why = "isolation is turned off" if os.geteuid() == 0 else "not running as root"
+            messages.append(f"{why}: submissions run as user id {os.getuid()}, in a temporary folder but without a "
+                            "private file system, and can read every file that user can (the instructor notebooks "
+                            "included); run `mtml grade` as root for grades you can trust")
         for message in messages:
             self.warn(message)
 
@@ -285,7 +290,8 @@ class Grader:
         path = exercise.path.resolve()
         if path in self.expected:
             return exercise
-        result = sandbox.run(_spec(exercise, None, self.settings), max(self.settings.timeout, 120), self.uid)
+        result = sandbox.run(_spec(exercise, None, self.settings), max(self.settings.timeout, 120), self.uid,
+                             self.server)
         if result.sandbox is None:
             raise ExerciseError(f"the grading sandbox did not start (exit code {result.returncode}): "
                                 f"{result.log.strip().splitlines()[-1] if result.log.strip() else 'no output'}")
@@ -313,7 +319,7 @@ class Grader:
             answers, report.notes = read_answers(Path(submission), exercise)
         except _Rejected as err:
             return self._reject(report, str(err), start)
-        result = sandbox.run(_spec(exercise, answers, self.settings), self.settings.timeout, self.uid)
+        result = sandbox.run(_spec(exercise, answers, self.settings), self.settings.timeout, self.uid, self.server)
         if result.leftover:
             report.notes.append(f"processes {result.leftover} of the run could not be killed")
         cell_errors = [r for r in result.records if r.get("event") == "cell" and r.get("error")]
@@ -371,14 +377,17 @@ def grade_batch(submissions: list[Path], key: Path | None = None, settings: Sett
     if key is not None:
         key = exercises.resolve([str(key)])[0]
     keys = [(key, None) if key is not None else key_for(s) for s in submissions]
-    for path in dict.fromkeys(k for k, _ in keys if k is not None):
-        grader.prepare(path)
     reports = []
-    for submission, (path, problem) in zip(submissions, keys):
-        report = grader.reject(submission, problem) if path is None else grader.grade(Path(submission), path)
-        reports.append(report)
-        if on_report:
-            on_report(report)
+    try:
+        for path in dict.fromkeys(k for k, _ in keys if k is not None):
+            grader.prepare(path)
+        for submission, (path, problem) in zip(submissions, keys):
+            report = grader.reject(submission, problem) if path is None else grader.grade(Path(submission), path)
+            reports.append(report)
+            if on_report:
+                on_report(report)
+    finally:
+        grader.close()
     import hashlib
 
     for exercise in grader.exercises.values():

@@ -276,21 +276,84 @@ def _run(spec: dict, out: _Out) -> None:
     out.write({"event": "done"})
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    out = _Out(int(argv[argv.index("--fd") + 1]))
-    spec = json.loads(sys.stdin.read())
-    os.close(0)
-    import numpy  # noqa: F401 - loaded before the limits, as trusted code
+def _prewarm() -> None:
+    """Import, as trusted code and once per server, what every run needs (forked children share it)."""
+    import numpy  # noqa: F401
     import torch
 
     torch.set_num_threads(1)
-    done = _sandbox(spec)
-    out.write({"event": "sandbox", **done})
-    sys.stdin = open(os.devnull)  # noqa: SIM115
-    _run(spec, out)
-    sys.stdout.flush()
-    os._exit(0)  # no atexit hooks or finalisers of the submission after the report
+    for name in ("IPython.core.inputtransformer2", "mtml_lib.metrics", "mtml_lib.meta"):
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - a missing optional module is imported (or fails) in the run instead
+            pass
+
+
+def _child(spec: dict, out: _Out) -> None:
+    """The forked run: isolate, report how, run the cells and probes, and leave without any cleanup."""
+    try:
+        done = _sandbox(spec)
+        out.write({"event": "sandbox", **done})
+        _run(spec, out)
+        code = 0
+    except BaseException:  # noqa: BLE001 - a failure of the sandbox itself: told in the log
+        import traceback
+
+        traceback.print_exc()
+        code = 70
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)  # no atexit hooks or finalisers of the submission after the report
+
+
+def serve(sock_fd: int) -> int:
+    """Fork server: imports torch once, then for each request (a spec, a result pipe and a log file, sent as
+    file descriptors over the socket) forks a child that starts a new session and runs :func:`_child`.
+    Replies ``{"pid"}`` when the child started and ``{"pid", "status"}`` when it ended. The server itself
+    never runs submitted code."""
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    _prewarm()
+    sock.send(b'{"ready": true}')
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 4096, 3)
+        except OSError:
+            return 0
+        if not message or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            return 0
+        spec_fd, result_fd, log_fd = fds
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            with os.fdopen(spec_fd, "rb") as f:
+                spec = json.loads(f.read())
+            for fd in (null, log_fd):
+                os.close(fd)
+            sys.stdin = open(os.devnull)  # noqa: SIM115
+            _child(spec, _Out(result_fd))
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps({"pid": pid}).encode())
+        _, status = os.waitpid(pid, 0)
+        sock.send(json.dumps({"pid": pid, "status": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"]:
+        return serve(int(argv[1]))
+    raise SystemExit("usage: python -m mtml_lib.grading.sandbox --serve FD (started by the grader)")
 
 
 # --------------------------------------------------------------------------------------- parent side
@@ -382,10 +445,82 @@ class RunResult:
         self.sandbox: dict | None = None
 
 
-def run(spec: dict, timeout: float, uid: int, max_report_bytes: int = 16 * MIB) -> RunResult:
-    """Run ``spec`` in a sandboxed child; always returns (the child and everything it started are dead)."""
+class Server:
+    """The grader's handle on a fork server (:func:`serve`), started on first use and again if it died."""
+
+    def __init__(self):
+        self.proc = None
+        self.sock = None
+
+    def _start(self) -> None:
+        import socket
+        import subprocess
+
+        self.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "mtml_lib.grading.sandbox", "--serve",
+                                      str(theirs.fileno())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd="/",
+                                     start_new_session=True)
+        theirs.close()
+        self.sock = ours
+        self.sock.settimeout(300)
+        if json.loads(self.sock.recv(4096) or b"{}").get("ready") is not True:
+            raise RuntimeError("the grading sandbox's server did not start")
+        self.sock.settimeout(None)
+
+    def start(self, spec_fd: int, result_fd: int, log_fd: int) -> int:
+        import socket
+
+        for attempt in range(2):
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            try:
+                socket.send_fds(self.sock, [b"run"], [spec_fd, result_fd, log_fd])
+                reply = json.loads(self.sock.recv(4096) or b"{}")
+                return int(reply["pid"])
+            except (OSError, ValueError, KeyError):
+                if attempt:
+                    raise
+                self.proc.kill()
+        raise AssertionError("unreachable")
+
+    def status(self, wait: float) -> int | None:
+        """The child's exit code once it ended, else None after ``wait`` seconds."""
+        import select
+
+        if not select.select([self.sock], [], [], wait)[0]:
+            return None
+        try:
+            reply = json.loads(self.sock.recv(4096) or b"{}")
+        except (OSError, ValueError):
+            reply = {}
+        if "status" not in reply:  # the server died: its child was killed with it, or is killed below
+            self.proc.kill()
+            self.proc.wait()
+            return -9
+        return int(reply["status"])
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+            self.proc = None
+
+
+def run(spec: dict, timeout: float, uid: int, server: Server, max_report_bytes: int = 16 * MIB) -> RunResult:
+    """Run ``spec`` in a sandboxed child forked by ``server``; always returns, with the child and everything
+    it started dead."""
     import select
-    import subprocess
+    import shutil
     import tempfile
     import time
 
@@ -400,13 +535,9 @@ def run(spec: dict, timeout: float, uid: int, max_report_bytes: int = 16 * MIB) 
     read_fd, write_fd = os.pipe()
     buffer = b""
     try:
-        with open(private / "spec.json", "rb") as stdin, open(private / "log.txt", "wb") as log:
-            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-                   "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        with open(private / "spec.json", "rb") as spec_file, open(private / "log.txt", "wb") as log:
             start = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "mtml_lib.grading.sandbox", "--fd", str(write_fd)],
-                                    stdin=stdin, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-                                    cwd=private, env=env, start_new_session=True)
+            pid = server.start(spec_file.fileno(), write_fd, log.fileno())
             os.close(write_fd)
             write_fd = -1
             eof = False
@@ -414,9 +545,11 @@ def run(spec: dict, timeout: float, uid: int, max_report_bytes: int = 16 * MIB) 
             while True:
                 now = time.monotonic()
                 if now - start > timeout:
-                    result.timed_out = proc.poll() is None or not eof
+                    result.timed_out = result.returncode is None or not eof
                     break
-                if proc.poll() is not None:
+                if result.returncode is None:
+                    result.returncode = server.status(0.0)
+                if result.returncode is not None:
                     exited_at = exited_at or now
                     if eof or now - exited_at > 1.0:  # a descendant may hold the pipe open
                         break
@@ -431,22 +564,22 @@ def run(spec: dict, timeout: float, uid: int, max_report_bytes: int = 16 * MIB) 
                     elif len(buffer) < max_report_bytes:
                         buffer += chunk
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             if uid >= 0:
                 kill_user(uid)
                 result.leftover = _uid_processes(uid)
-            result.returncode = proc.wait()
+            while result.returncode is None:
+                result.returncode = server.status(5.0)
+        size = os.path.getsize(private / "log.txt")
         with open(private / "log.txt", "rb") as log:
-            log.seek(max(0, os.path.getsize(private / "log.txt") - 4000))
+            log.seek(max(0, size - 4000))
             result.log = log.read().decode("utf-8", "replace")
     finally:
         if write_fd >= 0:
             os.close(write_fd)
         os.close(read_fd)
-        import shutil
-
         shutil.rmtree(private, ignore_errors=True)
     for line in buffer[:max_report_bytes].splitlines():
         try:

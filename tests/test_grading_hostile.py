@@ -1,0 +1,321 @@
+"""Hostile submissions: each scores exactly what it legitimately answers, and none disturbs the batch.
+
+One batch (through ``mtml grade``, as an instructor runs it) grades every case below against
+``ex03_segmentation_metrics``; the tests then check each report, that no process of the batch is left,
+that nothing was written outside the sandboxes, and that the instructor notebooks are unchanged.
+Run as root, the sandbox is complete (private root, own user id); otherwise the cases that depend on
+it are skipped with the reason.
+"""
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mtml_lib import cli, exercises, grading
+from mtml_lib.grading import sandbox
+
+EXERCISE = "ex03_segmentation_metrics"
+UID = 61977
+MARK = "mtml-hostile-4242"
+SLEEP = "900.4242"  # a unique argument, to find the process if it survived
+TIMEOUT = 6
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="the private root and own user id need root")
+
+KEY = exercises.resolve([EXERCISE])[0]
+SOLVED = {exercises.nbgrader_meta(c).get("grade_id"): c.source for c in nbformat.read(KEY, 4).cells}
+RIGHT = {gid: SOLVED[gid] for gid in ("confusion", "miou", "per_batch_mean_miou")}
+FULL = {"q1_confusion": 2, "q2_miou": 2, "q3_per_batch": 1}
+ZERO = {"q1_confusion": 0, "q2_miou": 0, "q3_per_batch": 0}
+OUTSIDE = [f"/tmp/{MARK}", f"/var/tmp/{MARK}", f"/dev/shm/{MARK}", f"/work/{MARK}", f"{KEY.parent}/{MARK}",
+           f"/root/{MARK}"]
+
+FIND_KEY = r'''
+import glob, os, pathlib
+found = []
+try:
+    from mtml_lib import exercises as _ex
+    found += [str(p) for p in _ex.discover()]
+except Exception:
+    pass
+import mtml_lib
+for base in [pathlib.Path(mtml_lib.__file__).resolve().parents[1], pathlib.Path(os.getcwd()), pathlib.Path("/work/main"),
+             pathlib.Path("%(keydir)s").parent.parent]:
+    found += glob.glob(str(base / "notebooks" / "exercises" / "*.ipynb")) + glob.glob(str(base / "*.ipynb"))
+for top in ("/work", "/tmp", "/root", os.getcwd()):
+    for folder, _, files in os.walk(top):
+        found += [os.path.join(folder, f) for f in files if f.startswith("ex03")]
+'''
+
+
+def _notebook(answers=None, edit=None):
+    nb = exercises.release(KEY)
+    for cell in nb.cells:
+        gid = exercises.nbgrader_meta(cell).get("grade_id")
+        if answers and gid in answers:
+            cell.source = answers[gid]
+    if edit:
+        edit(nb)
+    return nb
+
+
+def _cases(tmp: Path) -> dict:
+    """name -> (file, expected scores or None, expected error substring per question or for the file)."""
+    cases = {}
+
+    def add(name, nb=None, scores=ZERO, reason=None, text=None):
+        path = tmp / f"{name}.ipynb"
+        if text is not None:
+            path.write_text(text)
+        elif nb is not None:
+            nbformat.write(nb, path)
+        cases[name] = (path, scores, reason)
+
+    add("solved", _notebook(RIGHT), FULL)
+    add("blank", _notebook())
+
+    def edit_setup(nb):
+        nb.cells[1].source += "\nC = 1\nbatches = []\nmetrics.confusion_matrix = lambda *a, **k: None\n"
+    add("edited_setup_blank", _notebook(edit=edit_setup))
+    add("edited_setup_solved", _notebook(RIGHT, edit=edit_setup), FULL)
+
+    add("patched_allclose", _notebook({
+        "confusion": "import torch\ntorch.allclose = lambda *a, **k: True\ntorch.equal = lambda *a, **k: True\n"
+                     "def confusion(t, p):\n    return torch.zeros(C, C, dtype=torch.long)",
+        "miou": "def miou(cm):\n    return 0.0"}))
+
+    add("ipython_hooks", _notebook({"confusion": """
+def _assert_to_pass(lines):
+    return [line.replace("assert", "pass") for line in lines]
+for attempt in (
+    lambda: get_ipython().input_transformers_cleanup.append(_assert_to_pass),
+    lambda: get_ipython().set_custom_exc((BaseException,), lambda *a, **k: None),
+    lambda: get_ipython().events.register("post_run_cell", lambda *a: None),
+):
+    try:
+        attempt()
+    except Exception:
+        pass
+"""}))
+
+    add("reads_instructor_notebook", _notebook({"per_batch_mean_miou": FIND_KEY % {"keydir": KEY.parent} + """
+import json
+for path in found:
+    try:
+        nb = json.load(open(path))
+    except Exception:
+        continue
+    for cell in nb.get("cells", []):
+        if "BEGIN SOLUTION" in "".join(cell.get("source", "")):
+            exec("".join(cell["source"]), globals())
+"""}))
+
+    def duplicate_checks(nb):
+        graded = [c for c in nb.cells if exercises.nbgrader_meta(c).get("grade")]
+        copies = [json.loads(json.dumps(c)) for c in graded for _ in range(11)]
+        nb.cells += [nbformat.from_dict({k: v for k, v in c.items() if k != "id"}) for c in copies]
+    add("duplicated_checks", _notebook(RIGHT, edit=duplicate_checks), FULL)
+
+    def duplicate_answer(nb):
+        answer = next(c for c in nb.cells if exercises.nbgrader_meta(c).get("grade_id") == "confusion")
+        nb.cells.append(nbformat.from_dict({k: v for k, v in json.loads(json.dumps(answer)).items() if k != "id"}))
+    add("duplicated_answer", _notebook(RIGHT, edit=duplicate_answer), ZERO, "grade_id 'confusion' appears in 2 cells")
+
+    add("rewrites_instructor_notebook", _notebook({"confusion": FIND_KEY % {"keydir": KEY.parent} + """
+for path in found + [os.path.join(os.getcwd(), "%s.ipynb")]:
+    try:
+        open(path, "w").write("{}")
+    except Exception:
+        pass
+""" % EXERCISE}))
+    add("blank_after_rewrite", _notebook())
+
+    add("lingering_processes", _notebook(dict(RIGHT, per_batch_mean_miou=RIGHT["per_batch_mean_miou"] + f"""
+import os, subprocess, time
+try:
+    subprocess.Popen(["sleep", "{SLEEP}"], start_new_session=True)
+except Exception:
+    pass
+for _ in range(200):  # a small fork bomb: the process limit stops it
+    try:
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(1.5)
+                for path in ["{tmp}/grades.json", "/tmp/{MARK}-late"]:
+                    try:
+                        open(path, "w").write("rewritten")
+                    except Exception:
+                        pass
+                time.sleep(900)
+            os._exit(0)
+    except OSError:
+        break
+""")), FULL)
+
+    writes = "\n".join(f"try:\n    open({p!r}, 'w').write('x')\nexcept Exception:\n    pass" for p in OUTSIDE)
+    add("writes_outside", _notebook(dict(RIGHT, confusion=RIGHT["confusion"] + "\n" + writes)), FULL)
+
+    add("allocates_3_gib", _notebook(dict(RIGHT, miou="import torch\ndef miou(cm):\n"
+                                          "    x = torch.ones(3 * 2**30, dtype=torch.uint8)\n    return float(x.sum())")),
+        {"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 0}, "memory limit")
+    add("infinite_loop", _notebook(dict(RIGHT, miou="def miou(cm):\n    while True:\n        pass")),
+        {"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 0}, "timeout")
+    add("kills_itself", _notebook(dict(RIGHT, miou="import os, signal\ndef miou(cm):\n"
+                                       "    os.kill(os.getpid(), signal.SIGKILL)")),
+        {"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 0}, "killed (SIGKILL)")
+    add("exits_early", _notebook(dict(RIGHT, per_batch_mean_miou="import os, sys\ntry:\n    sys.exit(3)\nexcept BaseException:\n    pass\n"
+                                      "def per_batch_mean_miou(b):\n    os._exit(0)")),
+        {"q1_confusion": 2, "q2_miou": 2, "q3_per_batch": 0}, "exit code 0")
+    add("forged_report", _notebook({"confusion": """
+import os, json
+zero = {"__tensor__": [4, 4], "kind": "int", "data": [0] * 16}
+for q, n in (("q1_confusion", 2), ("q2_miou", 3), ("q3_per_batch", 1)):
+    for i in range(n):
+        value = [zero, zero] if (q, i) == ("q1_confusion", 0) else (zero if q == "q1_confusion" else 0.5)
+        for fd in range(3, 10):
+            try:
+                os.write(fd, (json.dumps({"event": "probe", "question": q, "index": i, "value": value}) + "\\n").encode())
+            except OSError:
+                pass
+"""}))
+    add("answers_using_globals_the_probes_use", _notebook(dict(RIGHT, confusion="g = 7  # the probes' setup uses g too\n"
+                                                               + RIGHT["confusion"].replace("return ", "return 0 * g + "))), FULL)
+
+    def malformed(nb):
+        nb.cells[0].metadata["mtml"] = "grade_id"
+        nb.cells.append(nbformat.v4.new_code_cell("x = 1", metadata={"nbgrader": {"grade_id": ["q1_confusion"]}}))
+        nb.cells.append(nbformat.v4.new_code_cell("x = 2", metadata={"nbgrader": "q2_miou"}))
+    path_nb = _notebook(RIGHT, edit=malformed)
+    add("malformed_metadata", path_nb, FULL)
+    raw = json.loads(nbformat.writes(_notebook(RIGHT)))
+    for cell in raw["cells"]:  # the miou answer loses its source: left out (q2 and q3, which uses it, score 0)
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "miou":
+            del cell["source"]
+    raw["cells"].append({"cell_type": "code", "metadata": [], "source": "x"})
+    raw["cells"].append("not a cell")
+    add("cell_without_source", text=json.dumps(raw), scores={"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 0})
+    add("not_json", text="this is not a notebook", scores=ZERO, reason="not a notebook: not JSON")
+    add("json_not_notebook", text='{"cells": "none"}', scores=ZERO, reason="not a notebook: no list of cells")
+    add("binary", text="\x00\xff" * 10, scores=ZERO, reason="not a notebook")
+    cases["missing_file"] = (tmp / "missing.ipynb", ZERO, "the file does not exist")
+    return cases
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _sleepers() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and SLEEP in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry))
+        except OSError:
+            pass
+    return [p for p in pids if not Path(f"/proc/{p}/status").read_text().count("State:\tZ")]
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    cases = _cases(tmp)
+    before = _digest(KEY.parent)
+    book = tmp / "grades.json"
+    os.environ["MTML_SANDBOX_UID"] = str(UID)
+    start = time.monotonic()
+    try:
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(["grade", *[str(p) for p, _, _ in cases.values()], "--key", EXERCISE,
+                             "--json", str(book), "--timeout", str(TIMEOUT)])
+    finally:
+        del os.environ["MTML_SANDBOX_UID"]
+    seconds = time.monotonic() - start
+    written = book.read_text()
+    time.sleep(2.0)  # the late writer of the lingering case would have written by now
+    reports = {r["submission"]: r for r in json.loads(book.read_text())}
+    return {"cases": cases, "code": code, "out": out.getvalue(), "reports": reports, "book": book,
+            "book_text": written, "before": before, "seconds": seconds}
+
+
+def _report(batch, name):
+    path, _, _ = batch["cases"][name]
+    return batch["reports"][str(path)]
+
+
+def test_batch_finishes_with_a_report_for_every_submission(batch):
+    assert batch["code"] == 0
+    assert len(batch["reports"]) == len(batch["cases"])
+    for name, (path, _, _) in batch["cases"].items():
+        assert f"{path}: " in batch["out"], name
+        assert _report(batch, name)["total"] == 5, name  # the instructor's total, whatever the file holds
+    print(f"\nhostile batch: {len(batch['cases'])} submissions in {batch['seconds']:.1f} s")
+
+
+@pytest.mark.parametrize("name", [
+    "solved", "blank", "edited_setup_blank", "edited_setup_solved", "patched_allclose", "ipython_hooks",
+    "reads_instructor_notebook", "duplicated_checks", "duplicated_answer", "rewrites_instructor_notebook",
+    "blank_after_rewrite", "lingering_processes", "writes_outside", "allocates_3_gib", "infinite_loop",
+    "kills_itself", "exits_early", "forged_report", "answers_using_globals_the_probes_use",
+    "malformed_metadata", "cell_without_source", "not_json", "json_not_notebook", "binary", "missing_file",
+])
+def test_scores_exactly_what_is_answered(batch, name):
+    if not ROOT and name in ("reads_instructor_notebook", "rewrites_instructor_notebook", "blank_after_rewrite"):
+        pytest.skip("without root the submission runs as the grader's user and can read the instructor notebooks")
+    _, scores, reason = batch["cases"][name]
+    report = _report(batch, name)
+    got = {q["grade_id"]: q["score"] for q in report["questions"]}
+    assert got == scores, (name, report)
+    if reason:
+        failed = [q["error"] for q in report["questions"] if q["score"] == 0]
+        assert failed and all(reason in e for e in failed), (name, report)
+
+
+def test_malformed_cells_are_noted_not_fatal(batch):
+    notes = " | ".join(_report(batch, "malformed_metadata")["notes"])
+    assert "malformed nbgrader metadata" in notes
+    notes = " | ".join(_report(batch, "cell_without_source")["notes"])
+    assert "source is not text" in notes and "not a cell object" in notes and "malformed metadata" in notes
+
+
+@needs_root
+def test_no_process_left_and_no_file_outside(batch):
+    assert sandbox._uid_processes(UID) == []
+    assert _sleepers() == []
+    for path in OUTSIDE + [f"/tmp/{MARK}-late"]:
+        assert not os.path.exists(path), path
+    assert batch["book"].read_text() == batch["book_text"]  # the late writer never wrote the grade book
+
+
+def test_instructor_notebooks_unchanged(batch):
+    assert _digest(KEY.parent) == batch["before"]
+
+
+def test_grade_book_is_replaced_atomically(tmp_path):
+    book = tmp_path / "grades.json"
+    book.write_text("old")
+    report = grading.GradeReport("s.ipynb", "ex", [grading.Question("q", 1.0, 1.0)])
+    grading.write_gradebook([report], book)
+    assert json.loads(book.read_text())[0]["score"] == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["grades.json"]  # no temporary file left
+
+
+@needs_root
+def test_without_isolation_the_same_reader_would_score_and_the_grader_says_so(tmp_path):
+    """The reading attack is real: what stops it is the sandbox (and a grader without one warns)."""
+    case = _cases(tmp_path)["reads_instructor_notebook"][0]
+    warnings = []
+    report = grading.grade_batch([case], key=EXERCISE, settings=grading.Settings(isolate=False),
+                                 warn=warnings.append)[0]
+    assert report.score == 5
+    assert len(warnings) == 1 and warnings[0].startswith("isolation is turned off")
