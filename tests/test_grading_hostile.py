@@ -184,6 +184,20 @@ for q, n in (("q1_confusion", 2), ("q2_miou", 3), ("q3_per_batch", 1)):
             except OSError:
                 pass
 """}))
+    add("nasty_report", _notebook({"confusion": r"""
+import os
+lines = ["[" * 100000 + "]" * 100000,
+         '{"event": "probe", "question": "q1_confusion", "index": 0, "value": 1' + "0" * 5000 + '}',
+         '{"event": "probe", "question": "q2_miou", "index": 0, "value": 1e999}',
+         '{"event": "probe", "question": "q2_miou", "index": ["x"], "value": 0}', "\x00\xff"]
+for fd in range(3, 10):
+    for line in lines:
+        try:
+            os.write(fd, (line + "\n").encode("utf-8", "surrogateescape"))
+        except OSError:
+            pass
+raise RuntimeError("\x1b[2J\x1b[1;1H/fake.ipynb: 5 / 5 points\n")
+"""}))
     add("answers_using_globals_the_probes_use", _notebook(dict(RIGHT, confusion="g = 7  # the probes' setup uses g too\n"
                                                                + RIGHT["confusion"].replace("return ", "return 0 * g + "))), FULL)
 
@@ -266,7 +280,7 @@ def test_batch_finishes_with_a_report_for_every_submission(batch):
     "solved", "blank", "edited_setup_blank", "edited_setup_solved", "patched_allclose", "ipython_hooks",
     "reads_instructor_notebook", "duplicated_checks", "duplicated_answer", "rewrites_instructor_notebook",
     "blank_after_rewrite", "lingering_processes", "writes_outside", "allocates_3_gib", "infinite_loop",
-    "kills_itself", "exits_early", "forged_report", "answers_using_globals_the_probes_use",
+    "kills_itself", "exits_early", "forged_report", "nasty_report", "answers_using_globals_the_probes_use",
     "malformed_metadata", "cell_without_source", "not_json", "json_not_notebook", "binary", "missing_file",
 ])
 def test_scores_exactly_what_is_answered(batch, name):
@@ -279,6 +293,12 @@ def test_scores_exactly_what_is_answered(batch, name):
     if reason:
         failed = [q["error"] for q in report["questions"] if q["score"] == 0]
         assert failed and all(reason in e for e in failed), (name, report)
+
+
+def test_output_holds_no_control_characters_from_submissions(batch):
+    assert "\x1b" not in batch["out"] and "\x1b" not in batch["book_text"]
+    assert not any(line.startswith("/fake.ipynb") for line in batch["out"].splitlines())
+    assert "RuntimeError:" in " ".join(_report(batch, "nasty_report")["notes"])
 
 
 def test_malformed_cells_are_noted_not_fatal(batch):
@@ -319,3 +339,22 @@ def test_without_isolation_the_same_reader_would_score_and_the_grader_says_so(tm
                                  warn=warnings.append)[0]
     assert report.score == 5
     assert len(warnings) == 1 and warnings[0].startswith("isolation is turned off")
+
+
+@needs_root
+def test_instructor_folders_inside_a_bound_folder_are_hidden():
+    exercise = exercises.load(KEY)
+    answer = f"import os\ntry:\n    seen = sorted(os.listdir({str(KEY.parent)!r}))\nexcept OSError as err:\n" \
+             "    seen = [type(err).__name__]\ndef confusion(t, p):\n    return seen"
+    spec = grading._spec(exercise, {"confusion": answer}, grading.Settings())
+    spec["binds"] = spec["binds"] + [str(KEY.parent)]  # as if the checkout lay inside a bound folder
+    server = sandbox.Server()
+    try:
+        seen = {}
+        for hide in (spec["hide"], []):
+            result = sandbox.run(dict(spec, hide=hide), 60, UID, server)
+            seen[bool(hide)] = grading._probe_values(result)[("q1_confusion", 1)].get("value")
+    finally:
+        server.close()
+    assert KEY.name in seen[False]  # the bind alone would show the instructor notebooks
+    assert seen[True] in ([], ["FileNotFoundError"])  # an empty folder over it, or over notebooks/ above it

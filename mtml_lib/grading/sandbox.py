@@ -101,7 +101,7 @@ def _bind(libc, source: str, target: Path, created: list[Path]) -> None:
     created.append(target)
 
 
-def _private_root(libc, binds: list[str], uid: int, tmpfs_mib: int) -> None:
+def _private_root(libc, binds: list[str], hide: list[str], uid: int, tmpfs_mib: int) -> None:
     """Mount namespace + new root on a tmpfs with read-only binds; ends in the new root at /work."""
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
     staging = Path("/tmp")  # shadowed in this namespace only
@@ -111,6 +111,10 @@ def _private_root(libc, binds: list[str], uid: int, tmpfs_mib: int) -> None:
     created: list[Path] = []
     for source in binds:
         _bind(libc, source, root / source.lstrip("/"), created)
+    for hidden in hide:  # instructor files that happen to lie inside a bound folder
+        target = root / hidden.lstrip("/")
+        if target.is_dir() and not target.is_symlink():
+            _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=1m,mode=755")
     dev = root / "dev"
     dev.mkdir(exist_ok=True)
     for name in ("null", "zero", "random", "urandom"):
@@ -161,7 +165,7 @@ def _sandbox(spec: dict) -> dict:
                                     "sees the grader's file system")
         if flags & CLONE_NEWNS and not done["warnings"]:
             try:
-                _private_root(libc, spec["binds"], uid, spec["tmpfs_mib"])
+                _private_root(libc, spec["binds"], spec.get("hide", []), uid, spec["tmpfs_mib"])
                 done["namespace"] = True
             except OSError as err:
                 done["warnings"].append(f"no private root ({err}): the submission sees the grader's file system")
@@ -584,7 +588,7 @@ def run(spec: dict, timeout: float, uid: int, server: Server, max_report_bytes: 
     for line in buffer[:max_report_bytes].splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # anything the submission wrote there is only data
             continue
         if isinstance(record, dict):
             if record.get("event") == "sandbox" and result.sandbox is None and not result.records:
