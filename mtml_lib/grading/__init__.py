@@ -316,8 +316,11 @@ class Grader:
         path = exercise.path.resolve()
         if path in self.expected:
             return exercise
-        result = sandbox.run(_spec(exercise, None, self.settings), max(self.settings.timeout, 120), self.uid,
-                             self.server)
+        try:
+            result = sandbox.run(_spec(exercise, None, self.settings), max(self.settings.timeout, 120), self.uid,
+                                 self.server)
+        except (OSError, RuntimeError) as err:
+            raise ExerciseError(f"the grading sandbox could not run {exercise.path.name}: {err}") from None
         if result.sandbox is None:
             raise ExerciseError(f"the grading sandbox did not start (exit code {result.returncode}): "
                                 f"{result.log.strip().splitlines()[-1] if result.log.strip() else 'no output'}")
@@ -345,7 +348,11 @@ class Grader:
             answers, report.notes = read_answers(Path(submission), exercise)
         except _Rejected as err:
             return self._reject(report, str(err), start)
-        result = sandbox.run(_spec(exercise, answers, self.settings), self.settings.timeout, self.uid, self.server)
+        try:
+            result = sandbox.run(_spec(exercise, answers, self.settings), self.settings.timeout, self.uid, self.server)
+        except (OSError, RuntimeError) as err:  # the grader's side failed (e.g. out of file descriptors)
+            return self._reject(report, f"not graded: the grading sandbox failed ({printable(err)}); grade it again",
+                                start)
         if result.leftover:
             report.notes.append(f"processes {result.leftover} of the run could not be killed")
         cell_errors = [r for r in result.records if r.get("event") == "cell" and r.get("error")]

@@ -544,36 +544,38 @@ def run(spec: dict, timeout: float, uid: int, server: Server, max_report_bytes: 
             pid = server.start(spec_file.fileno(), write_fd, log.fileno())
             os.close(write_fd)
             write_fd = -1
-            eof = False
-            exited_at = None
-            while True:
-                now = time.monotonic()
-                if now - start > timeout:
-                    result.timed_out = result.returncode is None or not eof
-                    break
-                if result.returncode is None:
-                    result.returncode = server.status(0.0)
-                if result.returncode is not None:
-                    exited_at = exited_at or now
-                    if eof or now - exited_at > 1.0:  # a descendant may hold the pipe open
-                        break
-                if eof:
-                    time.sleep(0.02)
-                    continue
-                ready, _, _ = select.select([read_fd], [], [], 0.05)
-                if ready:
-                    chunk = os.read(read_fd, 1 << 16)
-                    if not chunk:
-                        eof = True
-                    elif len(buffer) < max_report_bytes:
-                        buffer += chunk
             try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            if uid >= 0:
-                kill_user(uid)
-                result.leftover = _uid_processes(uid)
+                eof = False
+                exited_at = None
+                while True:
+                    now = time.monotonic()
+                    if now - start > timeout:
+                        result.timed_out = result.returncode is None or not eof
+                        break
+                    if result.returncode is None:
+                        result.returncode = server.status(0.0)
+                    if result.returncode is not None:
+                        exited_at = exited_at or now
+                        if eof or now - exited_at > 1.0:  # a descendant may hold the pipe open
+                            break
+                    if eof:
+                        time.sleep(0.02)
+                        continue
+                    ready, _, _ = select.select([read_fd], [], [], 0.05)
+                    if ready:
+                        chunk = os.read(read_fd, 1 << 16)
+                        if not chunk:
+                            eof = True
+                        elif len(buffer) < max_report_bytes:
+                            buffer += chunk
+            finally:  # also on Ctrl-C: nothing of the run survives it
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                if uid >= 0:
+                    kill_user(uid)
+                    result.leftover = _uid_processes(uid)
             while result.returncode is None:
                 result.returncode = server.status(5.0)
         size = os.path.getsize(private / "log.txt")
