@@ -248,26 +248,26 @@ def _memory(error: str) -> bool:
     return error.startswith("MemoryError") or "can't allocate memory" in error or "DefaultCPUAllocator" in error
 
 
-def _hidden(exercise: Exercise) -> list[str]:
+def _hidden(exercise: Exercise, extra=()) -> list[str]:
     """Folders the child must not see even where a bound folder holds them: the exercise's, the checkout's
-    notebooks and its git history."""
+    notebooks and its git history, and ``extra`` (the submissions' folders)."""
     from mtml_lib import config
 
-    folders = {exercise.path.resolve().parent}
+    folders = {exercise.path.resolve().parent, *extra}
     checkout = config.find_checkout()
     if checkout is not None:
         folders |= {checkout.resolve() / "notebooks", checkout.resolve() / ".git"}
     return sorted(str(f) for f in folders)
 
 
-def _spec(exercise: Exercise, answers: dict[str, str] | None, settings: Settings) -> dict:
+def _spec(exercise: Exercise, answers: dict[str, str] | None, settings: Settings, hide=()) -> dict:
     timeout = float(settings.timeout)
     return {
         "cells": exercise.program(answers), "questions": exercise.probe_spec(),
         "memory_bytes": int(settings.memory_gib * sandbox.GIB), "cpu_seconds": max(2, math.ceil(timeout) + 1),
         "file_bytes": int(settings.file_mib * sandbox.MIB), "processes": int(settings.processes),
         "tmpfs_mib": int(settings.file_mib * 4), "isolate": settings.isolate, "binds": sandbox.default_binds(),
-        "hide": _hidden(exercise),
+        "hide": _hidden(exercise, hide),
         "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
                 "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg", "USER": "student",
                 "LOGNAME": "student", "TMPDIR": "/tmp"},
@@ -285,6 +285,7 @@ class Grader:
         self.exercises: dict[Path, Exercise] = {}
         self._warned = False
         self.server = sandbox.Server()
+        self.hide: set[Path] = set()  # the submissions' folders
 
     def close(self) -> None:
         self.server.close()
@@ -317,7 +318,7 @@ class Grader:
         if path in self.expected:
             return exercise
         try:
-            result = sandbox.run(_spec(exercise, None, self.settings), max(self.settings.timeout, 120), self.uid,
+            result = sandbox.run(_spec(exercise, None, self.settings, self.hide), max(self.settings.timeout, 120), self.uid,
                                  self.server)
         except (OSError, RuntimeError) as err:
             raise ExerciseError(f"the grading sandbox could not run {exercise.path.name}: {err}") from None
@@ -349,7 +350,7 @@ class Grader:
         except _Rejected as err:
             return self._reject(report, str(err), start)
         try:
-            result = sandbox.run(_spec(exercise, answers, self.settings), self.settings.timeout, self.uid, self.server)
+            result = sandbox.run(_spec(exercise, answers, self.settings, self.hide), self.settings.timeout, self.uid, self.server)
         except (OSError, RuntimeError) as err:  # the grader's side failed (e.g. out of file descriptors)
             return self._reject(report, f"not graded: the grading sandbox failed ({printable(err)}); grade it again",
                                 start)
@@ -410,6 +411,7 @@ def grade_batch(submissions: list[Path], key: Path | None = None, settings: Sett
     if key is not None:
         key = exercises.resolve([str(key)])[0]
     keys = [(key, None) if key is not None else key_for(s) for s in submissions]
+    grader.hide = {Path(s).resolve().parent for s in submissions}
     reports = []
     try:
         for path in dict.fromkeys(k for k, _ in keys if k is not None):

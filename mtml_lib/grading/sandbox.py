@@ -17,7 +17,8 @@ What the child is kept from, when the grader runs as root on Linux (the setting 
   limited) and vanish with it, so nothing it writes survives the run.
 - **privileges**: it drops to a dedicated unprivileged user id (no groups, ``no_new_privs``), so it cannot
   undo the above and cannot signal or trace the grader.
-- **network**: a private network namespace (no interfaces but a loopback that is down).
+- **network and IPC**: private network and System V IPC namespaces (no interfaces but a loopback that is
+  down; no shared memory segments or message queues of other runs).
 - **resources**: ``RLIMIT_AS`` (address space, default 2 GiB: importing torch maps about 0.65 GiB),
   ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``, ``RLIMIT_NOFILE`` and no core files, plus a wall-clock
   limit enforced by the grader.
@@ -51,7 +52,7 @@ from pathlib import Path
 GIB = 1 << 30
 MIB = 1 << 20
 
-CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC = 0x00020000, 0x40000000, 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
@@ -112,6 +113,8 @@ def _private_root(libc, binds: list[str], hide: list[str], uid: int, tmpfs_mib: 
     for source in binds:
         _bind(libc, source, root / source.lstrip("/"), created)
     for hidden in hide:  # instructor files that happen to lie inside a bound folder
+        if hidden.rstrip("/") in ("", "/tmp", "/work") or any(b.startswith(hidden.rstrip("/") + "/") for b in binds):
+            continue  # never over the run's own folders or over a bound folder the run needs
         target = root / hidden.lstrip("/")
         if target.is_dir() and not target.is_symlink():
             _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=1m,mode=755")
@@ -156,7 +159,8 @@ def _sandbox(spec: dict) -> dict:
     uid = spec["uid"]
     libc = _libc()
     if spec.get("isolate", True) and os.geteuid() == 0:
-        for flags, network in ((CLONE_NEWNS | CLONE_NEWNET, True), (CLONE_NEWNS, False)):
+        for flags, network in ((CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC, True), (CLONE_NEWNS | CLONE_NEWNET, True),
+                               (CLONE_NEWNS, False)):
             if libc.unshare(flags) == 0:
                 done["network"] = network
                 break
