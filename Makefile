@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mtml-installed
+TEST_STAMP := $(VENV)/.mtml-test-installed
 # extra arguments for `mtml run`, e.g. make reproduce RUN_ARGS="--profile full"
 RUN_ARGS ?=
 
@@ -10,7 +11,7 @@ RUN_ARGS ?=
 
 help:
 	@echo "make reproduce   create .venv if needed, run every notebook (auto profile), regenerate figures/ and results/"
-	@echo "make test        create .venv if needed, run unit + CLI tests and nbval over the notebooks (smoke profile)"
+	@echo "make test        create .venv if needed (plus the test-only requirements-test.txt), run unit + CLI tests and nbval over the notebooks (smoke profile)"
 	@echo "make lab         open JupyterLab on notebooks/ with the project's kernel"
 	@echo "make figures     rebuild the gallery figures/README.md"
 	@echo "make notebooks   rerun every notebook under the quick profile and store its outputs in notebooks/"
@@ -22,12 +23,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --no-deps -e .
 	@touch $(STAMP)
 
+# test-only dependencies (nbgrader, to check that the exercises are in its format)
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(BIN)/python -m pip install -r requirements-test.txt
+	@touch $(TEST_STAMP)
+
 env: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/mtml run $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(TEST_STAMP)
 	$(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=900 tests notebooks
 
 lab: $(STAMP)
