@@ -181,8 +181,11 @@ def _question(cell, meta: dict, where: str) -> QuestionSpec:
 def load(path: Path) -> Exercise:
     """Parse and check an instructor notebook: unique grade ids, positive points, probes on graded cells."""
     path = Path(path)
-    raw = path.read_bytes()
-    nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+    try:
+        raw = path.read_bytes()
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+    except Exception as err:  # noqa: BLE001 - any unreadable instructor notebook is reported the same way
+        raise ExerciseError(f"instructor notebook {path} is not a readable notebook: {err}") from None
     exercise = Exercise(name=path.stem, path=path, digest=hashlib.sha256(raw).hexdigest())
     seen: set[str] = set()
     for i, cell in enumerate(nb.cells, 1):

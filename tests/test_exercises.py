@@ -148,6 +148,9 @@ def test_malformed_exercise_errors(tmp_path):
                                                              "mtml": {"probes": ["x"]}})]
     with pytest.raises(exercises.ExerciseError, match="repeats grade_id 'a'"):
         exercises.release(_write(nb, tmp_path / "dup.ipynb"))
+    (tmp_path / "text.ipynb").write_text("not json")
+    with pytest.raises(exercises.ExerciseError, match="not a readable notebook"):
+        exercises.load(tmp_path / "text.ipynb")
 
 
 def test_compare_is_strict_about_structure_and_tolerant_within_tolerance():

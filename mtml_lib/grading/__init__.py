@@ -318,8 +318,8 @@ class Grader:
         if path in self.expected:
             return exercise
         try:
-            result = sandbox.run(_spec(exercise, None, self.settings, self.hide), max(self.settings.timeout, 120), self.uid,
-                                 self.server)
+            spec = _spec(exercise, None, self.settings, self.hide)
+            result = sandbox.run(spec, max(self.settings.timeout, 120), self.uid, self.server)
         except (OSError, RuntimeError) as err:
             raise ExerciseError(f"the grading sandbox could not run {exercise.path.name}: {err}") from None
         if result.sandbox is None:
@@ -350,7 +350,8 @@ class Grader:
         except _Rejected as err:
             return self._reject(report, str(err), start)
         try:
-            result = sandbox.run(_spec(exercise, answers, self.settings, self.hide), self.settings.timeout, self.uid, self.server)
+            spec = _spec(exercise, answers, self.settings, self.hide)
+            result = sandbox.run(spec, self.settings.timeout, self.uid, self.server)
         except (OSError, RuntimeError) as err:  # the grader's side failed (e.g. out of file descriptors)
             return self._reject(report, f"not graded: the grading sandbox failed ({printable(err)}); grade it again",
                                 start)
@@ -404,8 +405,7 @@ def key_for(submission: Path) -> tuple[Path | None, str | None]:
 def grade_batch(submissions: list[Path], key: Path | None = None, settings: Settings | None = None,
                 on_report=None, warn=None) -> list[GradeReport]:
     """Grade every submission (against ``key``, an exercise name or instructor notebook, or else the exercise
-    named like each file) and return one report
-    each, in order. Instructor notebooks are loaded and solved before the first submission runs, and are
+    named like each file) and return one report each, in order. Instructor notebooks are loaded and solved before the first submission runs, and are
     checked unchanged afterwards (a warning otherwise: the grades use the version read at the start)."""
     grader = Grader(settings, warn=warn)
     if key is not None:
