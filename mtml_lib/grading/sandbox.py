@@ -138,8 +138,10 @@ def _private_root(libc, binds: list[str], hide: list[str], uid: int, tmpfs_mib: 
     os.chdir("/work")
 
 
-def _limits(spec: dict) -> None:
+def _limits(spec: dict) -> list[str]:
+    """Set the resource limits; returns a warning for each the system refused (the run goes on without it)."""
     cpu = int(spec["cpu_seconds"])
+    warnings = []
     for name, soft, hard in (
         ("RLIMIT_AS", spec["memory_bytes"], spec["memory_bytes"]),
         ("RLIMIT_CPU", cpu, cpu + 2),
@@ -149,8 +151,13 @@ def _limits(spec: dict) -> None:
         ("RLIMIT_NPROC", spec["processes"], spec["processes"]),
     ):
         if name == "RLIMIT_NPROC" and spec["uid"] < 0:
-            continue  # per user: without a user of its own it would count the grader's processes too
-        resource.setrlimit(getattr(resource, name), (soft, hard))
+            warnings.append("no process limit: RLIMIT_NPROC counts per user, and the run has no user id of its own")
+            continue
+        try:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        except (AttributeError, ValueError, OSError) as err:
+            warnings.append(f"{name} could not be set ({err}): the run has no such limit")
+    return warnings
 
 
 def _sandbox(spec: dict) -> dict:
@@ -158,7 +165,9 @@ def _sandbox(spec: dict) -> dict:
     done = {"namespace": False, "network": False, "uid": os.getuid(), "warnings": []}
     uid = spec["uid"]
     libc = _libc()
-    if spec.get("isolate", True) and os.geteuid() == 0:
+    if spec.get("isolate", True) and os.geteuid() == 0 and not hasattr(libc, "unshare"):
+        done["warnings"].append("this system has no unshare(2): the submission sees the grader's file system")
+    elif spec.get("isolate", True) and os.geteuid() == 0:
         for flags, network in ((CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC, True), (CLONE_NEWNS | CLONE_NEWNET, True),
                                (CLONE_NEWNS, False)):
             if libc.unshare(flags) == 0:
@@ -172,6 +181,7 @@ def _sandbox(spec: dict) -> dict:
                 _private_root(libc, spec["binds"], spec.get("hide", []), uid, spec["tmpfs_mib"])
                 done["namespace"] = True
             except OSError as err:
+                libc.umount2(b"/tmp", 2)  # MNT_DETACH: the staging tmpfs, so that the fallback folder shows again
                 done["warnings"].append(f"no private root ({err}): the submission sees the grader's file system")
         if not done["network"]:
             done["warnings"].append("no network namespace: the submission can use the network")
@@ -180,7 +190,7 @@ def _sandbox(spec: dict) -> dict:
     os.environ.clear()
     os.environ.update(spec["env"])
     os.environ["HOME"] = os.getcwd()
-    _limits(spec)
+    done["warnings"] += _limits(spec)
     if uid >= 0 and os.geteuid() == 0:
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         os.setgroups([])
