@@ -45,8 +45,8 @@ MAX_SUBMISSION_BYTES = 20 << 20
 class Settings:
     """Limits of one submission's run."""
 
-    timeout: float = 60.0  # wall-clock seconds for the whole run (torch's import included)
-    memory_gib: float = 2.0  # RLIMIT_AS; importing torch alone maps about 0.65 GiB
+    timeout: float = 60.0  # wall-clock seconds for the whole run of one submission
+    memory_gib: float = 2.0  # RLIMIT_AS; torch and mtml_lib, loaded before the answers run, map about 0.65 GiB
     file_mib: int = 64  # RLIMIT_FSIZE, and the child's private tmpfs is four times this
     processes: int = 64  # RLIMIT_NPROC (threads count) for the sandbox's user id
     isolate: bool = True  # private root, network and user id when running as root

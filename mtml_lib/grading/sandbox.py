@@ -2,8 +2,8 @@
 
 Threat model: the code of a submission is hostile. It may patch any Python object, read or write any file
 it can reach, start processes that outlive it, loop forever, allocate without bound or kill itself. It
-runs only in the child started here (``python -I -m mtml_lib.grading.sandbox``), which reports plain
-data (JSON lines on a pipe) and nothing else; the grading process reads that data, never imports or
+runs only in a child forked by the fork server started here (``python -I -m mtml_lib.grading.sandbox``),
+which reports plain data (JSON lines on a pipe) and nothing else; the grading process reads that data, never imports or
 unpickles anything the child produced, and compares it with results it computed itself. Whatever the
 child reports is treated as a claim to be checked, so a child that forges its report gains nothing
 unless it knows the right answers.
@@ -19,24 +19,26 @@ What the child is kept from, when the grader runs as root on Linux (the setting 
   undo the above and cannot signal or trace the grader.
 - **network and IPC**: private network and System V IPC namespaces (no interfaces but a loopback that is
   down; no shared memory segments or message queues of other runs).
-- **resources**: ``RLIMIT_AS`` (address space, default 2 GiB: importing torch maps about 0.65 GiB),
-  ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``, ``RLIMIT_NOFILE`` and no core files, plus a wall-clock
-  limit enforced by the grader.
+- **resources**: ``RLIMIT_AS`` (address space, default 2 GiB: torch and mtml_lib, loaded by the fork server
+  before the answers run, map about 0.65 GiB), ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``,
+  ``RLIMIT_NOFILE`` and no core files, plus a wall-clock limit enforced by the grader.
 - **lingering processes**: the child starts a new session; at the end the grader kills its process
   group and then every process of the dedicated user id (``kill(-1)`` from a helper with that id), which
   also catches processes that left the group with ``setsid``.
 
 Without root (or where namespaces are unavailable) the child still gets a fresh temporary working
-folder, the resource limits and the process-group kill, but it runs as the grader's own user and can
-read whatever that user can: the grader prints a warning saying so. Not defended against: kernel
+folder, the resource limits (but the process limit) and the process-group kill, but it runs as the
+grader's own user and can read whatever that user can: the grader prints a warning saying so. Not defended against: kernel
 exploits, and side channels of a shared machine (timing). The hidden probes are sent to the child
 (they must run there), so a hostile submission can learn what they compute, but never their expected
 results.
 
-Protocol: the parent writes a JSON *spec* to the child's stdin (the cells to run, the probes to
-evaluate, the limits) and gives it a pipe as file descriptor ``--fd``; the child writes one JSON object
-per line there: first ``{"event": "sandbox", ...}`` (written before any submitted code runs), then
-``{"event": "cell", ...}`` per cell and ``{"event": "probe", ...}`` per probe, then ``{"event": "done"}``.
+Protocol: the grader starts a fork server (:func:`serve`, trusted code that imports torch once and never
+runs submitted code) and, for each run, sends it three file descriptors: a JSON *spec* (the cells to
+run, the probes to evaluate, the limits), a pipe for the report and a log file. The server forks a child
+that starts a new session, isolates itself and writes one JSON object per line to the pipe: first
+``{"event": "sandbox", ...}`` (written before any submitted code runs), then ``{"event": "cell", ...}``
+per cell and ``{"event": "probe", ...}`` per probe, then ``{"event": "done"}``.
 """
 
 from __future__ import annotations
