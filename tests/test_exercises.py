@@ -105,6 +105,12 @@ def test_cli_release_and_grade(tmp_path, capsys):
     assert f"{missing}: 0 / 5 points (key: {EXERCISE}): the file does not exist" in out
     book = json.loads((tmp_path / "grades.json").read_text())
     assert [b["total"] for b in book] == [5, 5] and book[1]["error"] == "the file does not exist"
+    renamed = tmp_path / "renamed.ipynb"
+    renamed.write_bytes(submission.read_bytes())
+    assert cli.main(["grade", str(missing), str(renamed)]) == 0  # no --key: the exercise is named by the file
+    out = capsys.readouterr().out
+    assert f"{missing}: 0 / 0 points (not graded): the file does not exist" in out
+    assert f"{renamed}: 0 / 0 points (not graded): unknown exercise 'renamed'" in out and "pass --key" in out
     with pytest.raises(SystemExit) as exc:
         cli.main(["release", "ex99", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "valid exercises: ex01_multitask_gradient" in capsys.readouterr().err

@@ -396,6 +396,8 @@ class Grader:
 
 def key_for(submission: Path) -> tuple[Path | None, str | None]:
     """The instructor notebook named like the submission, or None and the reason."""
+    if not Path(submission).is_file():
+        return None, "the file does not exist" if not Path(submission).exists() else "not a file"
     try:
         return exercises.resolve([Path(submission).stem])[0], None
     except ExerciseError as err:
