@@ -127,13 +127,16 @@ def nbgrader_meta(cell) -> dict:
 
 
 def _strip_region(source: str, begin: str, end: str, where: str, replacement: bool) -> str:
-    """Remove the lines between ``begin`` and ``end`` (markers included), optionally leaving a placeholder."""
+    """Remove the lines between ``begin`` and ``end`` (markers included), optionally leaving a placeholder.
+
+    A marker is any line that contains its words (``BEGIN SOLUTION``, as nbgrader matches them), so a
+    marker typed with another number of ``#`` never leaves a solution in the student version."""
+    begin_words, end_words = begin.lstrip("# "), end.lstrip("# ")
     out: list[str] = []
     inside = False
     indent = ""
     for line in source.splitlines():
-        stripped = line.strip()
-        if stripped == begin:
+        if begin_words in line:
             if inside:
                 raise ExerciseError(f"{where}: {begin!r} inside another region")
             inside = True
@@ -141,7 +144,7 @@ def _strip_region(source: str, begin: str, end: str, where: str, replacement: bo
             if replacement:
                 out += [f"{indent}# YOUR CODE HERE", f"{indent}{PLACEHOLDER}"]
             continue
-        if stripped == end:
+        if end_words in line:
             if not inside:
                 raise ExerciseError(f"{where}: {end!r} without a matching {begin!r}")
             inside = False

@@ -60,6 +60,8 @@ def test_solution_placeholder_keeps_indentation():
     source = "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n"
     out = exercises._strip_region(source, exercises.BEGIN_SOLUTION, exercises.END_SOLUTION, "t", True)
     assert out == f"def f(x):\n    # YOUR CODE HERE\n    {exercises.PLACEHOLDER}"
+    loose = "x = 1\n# BEGIN SOLUTION\nsecret = 2\n  ## END SOLUTION\n"  # other markers, as nbgrader reads them
+    assert "secret" not in exercises._strip_region(loose, exercises.BEGIN_SOLUTION, exercises.END_SOLUTION, "t", True)
     with pytest.raises(exercises.ExerciseError, match="never closed"):
         exercises._strip_region("### BEGIN SOLUTION\nx = 1", exercises.BEGIN_SOLUTION, exercises.END_SOLUTION, "t", True)
 
