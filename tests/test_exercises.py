@@ -172,3 +172,18 @@ def test_compare_is_strict_about_structure_and_tolerant_within_tolerance():
     assert grading.compare(True, 1, 0, 0) and grading.compare(1, True, 0, 0)
     assert grading.compare([1.0], [1.0, 2.0], 0, 0) and grading.compare({"a": 1}, {"a": 1, "b": 2}, 0, 0)
     assert grading.compare("1.0", 1.0, 0, 0) and grading.compare(None, 1.0, 0, 0)
+
+
+def test_every_exercise_scores_its_solution_full_and_its_student_version_zero(tmp_path):
+    keys = exercises.discover()
+    blanks = []
+    for key in keys:
+        folder = tmp_path / key.stem
+        folder.mkdir()
+        blanks.append(_write(exercises.release(key), folder / key.name))
+    reports = grading.grade_batch(keys + blanks)
+    for report in reports[: len(keys)]:
+        assert report.score == report.total >= 5 and report.error is None, report
+    for report in reports[len(keys):]:
+        assert report.score == 0 and report.total >= 5, report
+        assert all(q.error and "NotImplementedError" in q.error for q in report.questions), report
