@@ -88,8 +88,10 @@ class Exercise:
                 program.append({"id": f"{i} ({cell['grade_id']})", "source": source})
         return program
 
-    def probe_spec(self) -> list[dict]:
-        return [{"grade_id": q.grade_id, "setup": q.setup, "probes": list(q.probes)} for q in self.questions]
+    def probe_spec(self, grade_ids=None) -> list[dict]:
+        """The questions' probes for a grading run (those of ``grade_ids`` only, when given)."""
+        return [{"grade_id": q.grade_id, "setup": q.setup, "probes": list(q.probes)} for q in self.questions
+                if grade_ids is None or q.grade_id in grade_ids]
 
 
 def exercises_dir() -> Path:

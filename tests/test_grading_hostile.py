@@ -169,6 +169,9 @@ for _ in range(200):  # a small fork bomb: the process limit stops it
     add("kills_itself", _notebook(dict(RIGHT, miou="import os, signal\ndef miou(cm):\n"
                                        "    os.kill(os.getpid(), signal.SIGKILL)")),
         {"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 0}, "killed (SIGKILL)")
+    add("crashes_in_the_first_question", _notebook(dict(RIGHT, confusion="import os, signal\ndef confusion(t, p):\n"
+                                                        "    os.kill(os.getpid(), signal.SIGKILL)")),
+        {"q1_confusion": 0, "q2_miou": 2, "q3_per_batch": 0}, "killed (SIGKILL)")  # q3 calls confusion too
     add("exits_early", _notebook(dict(RIGHT, per_batch_mean_miou="import os, sys\ntry:\n    sys.exit(3)\nexcept BaseException:\n    pass\n"
                                       "def per_batch_mean_miou(b):\n    os._exit(0)")),
         {"q1_confusion": 2, "q2_miou": 2, "q3_per_batch": 0}, "exit code 0")
@@ -280,7 +283,7 @@ def test_batch_finishes_with_a_report_for_every_submission(batch):
     "solved", "blank", "edited_setup_blank", "edited_setup_solved", "patched_allclose", "ipython_hooks",
     "reads_instructor_notebook", "duplicated_checks", "duplicated_answer", "rewrites_instructor_notebook",
     "blank_after_rewrite", "lingering_processes", "writes_outside", "allocates_3_gib", "infinite_loop",
-    "kills_itself", "exits_early", "forged_report", "nasty_report", "answers_using_globals_the_probes_use",
+    "kills_itself", "crashes_in_the_first_question", "exits_early", "forged_report", "nasty_report", "answers_using_globals_the_probes_use",
     "malformed_metadata", "cell_without_source", "not_json", "json_not_notebook", "binary", "missing_file",
 ])
 def test_scores_exactly_what_is_answered(batch, name):

@@ -260,10 +260,10 @@ def _hidden(exercise: Exercise, extra=()) -> list[str]:
     return sorted(str(f) for f in folders)
 
 
-def _spec(exercise: Exercise, answers: dict[str, str] | None, settings: Settings, hide=()) -> dict:
+def _spec(exercise: Exercise, answers: dict[str, str] | None, settings: Settings, hide=(), questions=None) -> dict:
     timeout = float(settings.timeout)
     return {
-        "cells": exercise.program(answers), "questions": exercise.probe_spec(),
+        "cells": exercise.program(answers), "questions": exercise.probe_spec(questions),
         "memory_bytes": int(settings.memory_gib * sandbox.GIB), "cpu_seconds": max(2, math.ceil(timeout) + 1),
         "file_bytes": int(settings.file_mib * sandbox.MIB), "processes": int(settings.processes),
         "tmpfs_mib": int(settings.file_mib * 4), "isolate": settings.isolate, "binds": sandbox.default_binds(),
@@ -349,25 +349,56 @@ class Grader:
             answers, report.notes = read_answers(Path(submission), exercise)
         except _Rejected as err:
             return self._reject(report, str(err), start)
-        try:
-            spec = _spec(exercise, answers, self.settings, self.hide)
-            result = sandbox.run(spec, self.settings.timeout, self.uid, self.server)
-        except (OSError, RuntimeError) as err:  # the grader's side failed (e.g. out of file descriptors)
-            return self._reject(report, f"not graded: the grading sandbox failed ({printable(err)}); grade it again",
-                                start)
-        if result.leftover:
-            report.notes.append(f"processes {result.leftover} of the run could not be killed")
-        cell_errors = [r for r in result.records if r.get("event") == "cell" and r.get("error")]
-        for record in cell_errors[:10]:
-            report.notes.append(f"cell {printable(record.get('id'), 60)}: {printable(record['error'])}")
-        values = _probe_values(result)
         expected = self.expected[exercise.path.resolve()]
-        for q, spec in zip(report.questions, exercise.questions):
+        pending = [q.grade_id for q in exercise.questions]
+        first = True
+        while pending:
+            # A run that stops inside a question (timeout, killed, exit) is started again for the questions
+            # after it, so one question's loop or crash costs only that question; not when the answer cells
+            # themselves never finished, and not beyond three timeouts for the whole submission.
+            try:
+                spec = _spec(exercise, answers, self.settings, self.hide, pending)
+                result = sandbox.run(spec, self.settings.timeout, self.uid, self.server)
+            except (OSError, RuntimeError) as err:  # the grader's side failed (e.g. out of file descriptors)
+                return self._reject(report, f"not graded: the grading sandbox failed ({printable(err)}); "
+                                            "grade it again", start)
+            if result.leftover:
+                report.notes.append(f"processes {result.leftover} of the run could not be killed")
+            if first:
+                cell_errors = [r for r in result.records if r.get("event") == "cell" and r.get("error")]
+                for record in cell_errors[:10]:
+                    report.notes.append(f"cell {printable(record.get('id'), 60)}: {printable(record['error'])}")
+            first = False
+            stopped = self._score(report, exercise, pending, _probe_values(result), expected, result)
+            if stopped is None:
+                break
+            started = any(r.get("event") == "probe" for r in result.records) or \
+                sum(r.get("event") == "cell" for r in result.records) >= len(spec["cells"])
+            pending = pending[pending.index(stopped) + 1:]
+            if pending and (not started or time.monotonic() - start > 2 * self.settings.timeout):
+                reason = _run_failure(result, self.settings) if not started else \
+                    "not run: the time for this submission went to the questions before"
+                for q in report.questions:
+                    if q.grade_id in pending:
+                        q.error = reason
+                break
+        report.seconds = time.monotonic() - start
+        return report
+
+    def _score(self, report: GradeReport, exercise: Exercise, pending: list[str], values: dict, expected: dict,
+               result: sandbox.RunResult) -> str | None:
+        """Score the ``pending`` questions from one run's values; returns the question the run stopped in."""
+        specs = {q.grade_id: q for q in exercise.questions}
+        for q in report.questions:
+            if q.grade_id not in pending:
+                continue
+            spec = specs[q.grade_id]
             for i, _ in enumerate(spec.probes):
                 record = values.get((q.grade_id, i))
                 if record is None:
                     q.error = _run_failure(result, self.settings)
-                elif "value" not in record:
+                    return q.grade_id
+                if "value" not in record:
                     error = printable(record.get("error"))
                     q.error = (f"memory limit ({self.settings.memory_gib:g} GiB) exceeded: {error}" if _memory(error)
                                else f"check {i + 1}: {error}")
@@ -380,8 +411,7 @@ class Grader:
                     break
             else:
                 q.score = q.points
-        report.seconds = time.monotonic() - start
-        return report
+        return None
 
     def _reject(self, report: GradeReport, reason: str, start: float) -> GradeReport:
         report.error = reason
