@@ -20,7 +20,9 @@ never believes what submitted code says about itself:
   atomically by the grader after every child is dead, at a path checked before grading starts.
 
 Every submission gets a report: a score, or zero with the reason (not a notebook, malformed metadata,
-duplicated grade_id, timeout, memory limit, killed, ...); one bad submission never stops the batch.
+duplicated grade_id, timeout, memory limit, killed, ...); one bad submission never stops the batch. A run
+that stops inside a question is started again for the questions after it (within three timeouts), so a
+loop or a crash costs only the questions that reach it.
 """
 
 from __future__ import annotations
