@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="instructor notebook or exercise name (default: the exercise whose file name the submission has)")
     grade.add_argument("--json", type=Path, default=None, help="also write the reports as JSON to this file")
     grade.add_argument("--timeout", type=float, default=60,
-                       help="wall-clock seconds allowed per submission (default 60)")
+                       help="wall-clock seconds allowed per run of a submission (default 60; a run that stops "
+                            "inside a question is started again for the questions after it)")
     grade.add_argument("--memory-gib", type=float, default=2.0,
                        help="address-space limit per submission in GiB (default 2, of which torch and mtml_lib, "
                             "already loaded, take about 0.65)")

@@ -187,3 +187,12 @@ def test_every_exercise_scores_its_solution_full_and_its_student_version_zero(tm
     for report in reports[len(keys):]:
         assert report.score == 0 and report.total >= 5, report
         assert all(q.error and "NotImplementedError" in q.error for q in report.questions), report
+
+
+def test_grade_book_is_replaced_atomically(tmp_path):
+    book = tmp_path / "grades.json"
+    book.write_text("old")
+    report = grading.GradeReport("s.ipynb", "ex", [grading.Question("q", 1.0, 1.0)])
+    grading.write_gradebook([report], book)
+    assert json.loads(book.read_text())[0]["score"] == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["grades.json"]  # no temporary file left
