@@ -82,10 +82,10 @@ class Exercise:
         program = []
         for i, cell in enumerate(self.cells, 1):
             if cell["kind"] == "setup":
-                program.append({"id": f"{i} (setup)", "source": cell["source"]})
+                program.append({"id": f"setup cell {cell['grade_id'] or i}", "source": cell["source"]})
             elif cell["kind"] == "solution":
                 source = cell["source"] if answers is None else answers.get(cell["grade_id"], cell["student"])
-                program.append({"id": f"{i} ({cell['grade_id']})", "source": source})
+                program.append({"id": f"answer cell {cell['grade_id']}", "source": source})
         return program
 
     def probe_spec(self, grade_ids=None) -> list[dict]:

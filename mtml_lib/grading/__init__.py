@@ -369,7 +369,7 @@ class Grader:
             if first:
                 cell_errors = [r for r in result.records if r.get("event") == "cell" and r.get("error")]
                 for record in cell_errors[:10]:
-                    report.notes.append(f"cell {printable(record.get('id'), 60)}: {printable(record['error'])}")
+                    report.notes.append(f"{printable(record.get('id'), 60)}: {printable(record['error'])}")
             first = False
             stopped = self._score(report, exercise, pending, _probe_values(result), expected, result)
             if stopped is None:
