@@ -358,10 +358,10 @@ def serve(sock_fd: int) -> int:
             os.dup2(log_fd, 2)
             with os.fdopen(spec_fd, "rb") as f:
                 spec = json.loads(f.read())
-            for fd in (null, log_fd):
-                os.close(fd)
+            os.dup2(result_fd, 3)
+            os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # no descriptor from before the root
             sys.stdin = open(os.devnull)  # noqa: SIM115
-            _child(spec, _Out(result_fd))
+            _child(spec, _Out(3))
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid}).encode())
