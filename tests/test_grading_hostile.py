@@ -117,6 +117,31 @@ for path in found:
             exec("".join(cell["source"]), globals())
 """}))
 
+    add("escapes_root_through_descriptors", _notebook({"per_batch_mean_miou": """
+import os
+for fd in range(256):  # a directory descriptor from outside the private root would lead out of it
+    try:
+        os.fchdir(fd)
+    except OSError:
+        continue
+    for _ in range(30):
+        os.chdir("..")
+    try:
+        os.chroot(".")
+    except OSError:
+        pass
+""" + FIND_KEY % {"keydir": KEY.parent} + """
+import json
+for path in found:
+    try:
+        nb = json.load(open(path))
+    except Exception:
+        continue
+    for cell in nb.get("cells", []):
+        if "BEGIN SOLUTION" in "".join(cell.get("source", "")):
+            exec("".join(cell["source"]), globals())
+"""}))
+
     def duplicate_checks(nb):
         graded = [c for c in nb.cells if exercises.nbgrader_meta(c).get("grade")]
         copies = [json.loads(json.dumps(c)) for c in graded for _ in range(11)]
@@ -283,7 +308,7 @@ def test_batch_finishes_with_a_report_for_every_submission(batch):
 
 @pytest.mark.parametrize("name", [
     "solved", "blank", "edited_setup_blank", "edited_setup_solved", "patched_allclose", "ipython_hooks",
-    "reads_instructor_notebook", "duplicated_checks", "duplicated_answer", "rewrites_instructor_notebook",
+    "reads_instructor_notebook", "escapes_root_through_descriptors", "duplicated_checks", "duplicated_answer", "rewrites_instructor_notebook",
     "blank_after_rewrite", "lingering_processes", "writes_outside", "allocates_3_gib", "infinite_loop",
     "kills_itself", "crashes_in_the_first_question", "exits_early", "forged_report", "nasty_report", "answers_using_globals_the_probes_use",
     "malformed_metadata", "cell_without_source", "not_json", "json_not_notebook", "binary", "missing_file",
