@@ -25,7 +25,6 @@ setup cell makes; and give probe setups their own ``torch.Generator``.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
