@@ -49,6 +49,21 @@ KKT_TOL = 1e-9
 _EPS = float(np.finfo(np.float64).eps)
 
 
+def _walk_and_drop(lam: np.ndarray, active: list[int], current: np.ndarray, mu: np.ndarray,
+                   tol: float) -> list[int]:
+    """Wolfe's minor cycle step: walk ``lam`` (in place) from ``current`` towards ``mu`` until the first
+    weight at or below ``tol`` in ``mu`` reaches 0, drop it; return the active set that is left."""
+    blocked = mu <= tol
+    steps = current[blocked] / np.maximum(current[blocked] - mu[blocked], 1e-300)
+    theta = float(np.min(steps))
+    new = current + theta * (mu - current)
+    drop = int(np.flatnonzero(blocked)[np.argmin(steps)])
+    new[drop] = 0.0
+    lam[:] = 0.0
+    lam[active] = np.clip(new, 0.0, None)
+    return [idx for idx, value in zip(active, new) if value > tol]
+
+
 def min_norm_weights(gram: torch.Tensor, tol: float = 1e-10, max_iter: int = 1000) -> torch.Tensor:
     """α* ``(T,)`` on the simplex minimising αᵀ M α, for a Gram matrix ``M`` ``(T, T)`` (Wolfe's algorithm).
 
@@ -96,16 +111,7 @@ def _wolfe(m: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
                 lam[:] = 0.0
                 lam[active] = mu
                 break
-            # walk from λ towards μ until the first weight reaches 0, then drop it
-            blocked = mu <= tol
-            steps = current[blocked] / np.maximum(current[blocked] - mu[blocked], 1e-300)
-            theta = float(np.min(steps))
-            new = current + theta * (mu - current)
-            drop = int(np.flatnonzero(blocked)[np.argmin(steps)])
-            new[drop] = 0.0
-            lam[:] = 0.0
-            lam[active] = np.clip(new, 0.0, None)
-            active = [idx for idx, value in zip(active, new) if value > tol]
+            active = _walk_and_drop(lam, active, current, mu, tol)
     return lam
 
 
@@ -179,15 +185,7 @@ def _wolfe_relative(m: np.ndarray, max_iter: int, tol: float = 1e-12) -> np.ndar
                 lam[:] = 0.0
                 lam[active] = mu
                 break
-            blocked = mu <= 0
-            steps = current[blocked] / np.maximum(current[blocked] - mu[blocked], 1e-300)
-            theta = float(np.min(steps))
-            new = current + theta * (mu - current)
-            drop = int(np.flatnonzero(blocked)[np.argmin(steps)])
-            new[drop] = 0.0
-            lam[:] = 0.0
-            lam[active] = np.clip(new, 0.0, None)
-            active = [idx for idx, value in zip(active, new) if value > 0]
+            active = _walk_and_drop(lam, active, current, mu, 0.0)
         if _exact_gaps(exact, lam)[1] >= v:  # no progress (rounding): keep the previous point
             return previous
     return lam
