@@ -24,8 +24,142 @@ INDEX_NAME = "index.json"
 GALLERY_NAME = "README.md"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-#: one palette for every figure: methods keep their colour across notebooks
+#: the seaborn colour-blind palette; figures take a method's colour from :data:`METHOD_COLOURS`, not from here
 PALETTE = sns.color_palette("colorblind")
+
+# ------------------------------------------------------------------------------------- one colour per method
+# A method keeps its colour in every figure of every notebook. Methods that stand for the same idea share
+# it across notebooks: grey is "learn from the task's own data only", brown "one model for all tasks
+# pooled", green "a representation shared by task heads", black (dashed) an oracle that no learner beats.
+# Within one notebook no colour means two things (tests/test_plotting_colours.py checks both).
+_GREY, _BROWN, _GREEN, _BLACK = "#949494", "#ca9161", "#029e73", "#000000"
+_BLUE, _LIGHT_BLUE, _ORANGE, _VERMILLION = "#0173b2", "#56b4e9", "#de8f05", "#d55e00"
+_PURPLE, _WINE, _INDIGO, _TEAL, _ROSE = "#cc78bc", "#882255", "#332288", "#44aa99", "#cc6677"
+
+#: canonical method name (as figures and tables print it) -> colour (hex)
+METHOD_COLOURS: dict[str, str] = {
+    # notebook 01's estimators and transfer modes (05 and 02 reuse the ideas)
+    "independent": _GREY,
+    "scratch": _GREY,
+    "single-task": _GREY,
+    "pooled": _BROWN,
+    "joint pretraining": _BROWN,
+    "pretrained": _BROWN,
+    "shared": _GREEN,
+    "frozen θ": _GREEN,
+    "multi-task θ + new head": _GREEN,
+    "multi-task θ + gradient head": _GREEN,
+    "fine-tuned θ": _ROSE,
+    "oracle": _BLACK,
+    # notebook 02's loss-weighting and gradient-combination strategies
+    "EW": _BLUE,
+    "UW": _ORANGE,
+    "DWA": _GREEN,
+    "RLW": _BROWN,
+    "GradNorm": _PURPLE,
+    "PCGrad": _LIGHT_BLUE,
+    "MGDA": _WINE,
+    "CAGrad": _INDIGO,
+    # notebooks 03-05's meta-learners
+    "MAML": _BLUE,
+    "FOMAML": _LIGHT_BLUE,
+    "ANIL": _ORANGE,
+    "ANIL θ + ridge head": _ORANGE,
+    "Meta-SGD": _PURPLE,
+    "Reptile": _WINE,
+    "ProtoNet": _TEAL,
+}
+
+#: methods drawn dashed: the reference lines, and the 05 controls that pair a trunk with the other head fitter
+METHOD_LINESTYLES: dict[str, str] = {
+    "oracle": "--",
+    "single-task": "--",
+    "multi-task θ + gradient head": "--",
+    "ANIL θ + ridge head": "--",
+}
+
+#: code names (the keys of the libraries' method tables) -> canonical names
+METHOD_ALIASES: dict[str, str] = {
+    "stl": "single-task",
+    "joint": "joint pretraining",
+    "multitask": "multi-task θ + new head",
+    "multitask_gd": "multi-task θ + gradient head",
+    "anil_ridge": "ANIL θ + ridge head",
+    "metasgd": "Meta-SGD",
+    "protonet": "ProtoNet",
+    "frozen": "frozen θ",
+    "fine-tuned": "fine-tuned θ",
+}
+
+# a label may carry a setting after the method's name: "MAML 5-way", "ProtoNet 1-shot", "ProtoNet (no steps)"
+_LABEL_SUFFIX = re.compile(r"(\s+\d+-(way|shot)|\s*\([^)]*\))+$")
+_BY_FOLDED = {name.casefold(): name for name in METHOD_COLOURS} | {k.casefold(): v for k, v in METHOD_ALIASES.items()}
+
+
+def canonical_method(label: str) -> str:
+    """The :data:`METHOD_COLOURS` key of a method label: case-insensitive, code names (``"metasgd"``,
+    ``"stl"``) mapped by :data:`METHOD_ALIASES`, settings after the name (``" 5-way"``, ``" 1-shot"``,
+    ``" (no steps)"``) ignored. Raises ``KeyError`` naming the known methods when there is no entry."""
+    folded = str(label).strip().casefold()
+    for candidate in (folded, _LABEL_SUFFIX.sub("", folded)):
+        if candidate in _BY_FOLDED:
+            return _BY_FOLDED[candidate]
+    raise KeyError(f"no colour for method {label!r}; add it to plotting.METHOD_COLOURS "
+                   f"(known: {', '.join(METHOD_COLOURS)})")
+
+
+def method_colour(label: str) -> str:
+    """The colour (hex) of a method in every figure, e.g. ``method_colour("MAML 5-way") == method_colour("maml")``."""
+    return METHOD_COLOURS[canonical_method(label)]
+
+
+def method_style(label: str) -> dict[str, str]:
+    """Keyword arguments for ``ax.plot``/``ax.errorbar``: the method's colour and line style."""
+    name = canonical_method(label)
+    return {"color": METHOD_COLOURS[name], "linestyle": METHOD_LINESTYLES.get(name, "-")}
+
+
+# ------------------------------------------------------------------------------- data sets and glyph images
+#: data sets, task families and tasks that figures draw as coloured lines (not methods)
+DATASET_COLOURS: dict[str, str] = {
+    "glyphs": _BLUE,
+    "Omniglot": _VERMILLION,
+    "cls": _BLUE,
+    "seg": _ORANGE,
+    "depth": _GREEN,
+}
+
+#: every glyph image is drawn dark ink on white paper: pixel values in [0, 1], 1 = ink
+GLYPH_CMAP = "gray_r"
+
+
+def dataset_colour(name: str) -> str:
+    """The colour of a data set or task (:data:`DATASET_COLOURS`), case-insensitive."""
+    for key, colour in DATASET_COLOURS.items():
+        if key.casefold() == str(name).strip().casefold():
+            return colour
+    raise KeyError(f"no colour for data set {name!r}; add it to plotting.DATASET_COLOURS (known: {', '.join(DATASET_COLOURS)})")
+
+
+def show_glyph(ax, image, **kwargs):
+    """Draw a glyph image ``(H, W)`` (values in [0, 1], 1 = ink) as dark ink on white, without ticks."""
+    style = {"cmap": GLYPH_CMAP, "vmin": 0.0, "vmax": 1.0, "interpolation": "nearest"} | kwargs
+    shown = ax.imshow(image, **style)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    return shown
+
+
+def plain_log_axis(ax, axis: str = "y") -> None:
+    """Label a logarithmic axis with plain numbers (0.5, 1, 2 rather than 5×10⁻¹, 10⁰, 2×10⁰) and enough
+    ticks to read it even when the data span less than a decade."""
+    from matplotlib.ticker import LogLocator, NullFormatter, FuncFormatter
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
 
 
 def set_theme() -> None:

@@ -43,7 +43,7 @@ from mtml_lib.meta.tasks import TaskBatch
 from mtml_lib.models import MLP, MultiTaskModel, Task
 from mtml_lib.models.multitask import mse_loss
 from mtml_lib.mtl.trainer import History, MultiTaskTrainer
-from mtml_lib.plotting import PALETTE
+from mtml_lib.plotting import method_style, plain_log_axis
 
 METHODS: dict[str, str] = {
     "scratch": "scratch",
@@ -52,7 +52,6 @@ METHODS: dict[str, str] = {
     "anil": "ANIL",
     "maml": "MAML",
 }
-COLORS = dict(zip(METHODS, [PALETTE[7], PALETTE[5], PALETTE[2], PALETTE[3], PALETTE[0]]))
 _VAL_SEED_OFFSET, _TEST_SEED_OFFSET = 20_000, 30_000
 
 
@@ -306,7 +305,7 @@ def plot_fits(methods: dict[str, Method], settings, k_shot: int = 5, seed: int =
         ax.plot(grid[0, :, 0], truth[0, :, 0], color="black", linewidth=2, label="true function")
         for name, method in methods.items():
             pred = method.predict(task.support_x, task.support_y, grid, settings.adapt_steps)
-            ax.plot(grid[0, :, 0], pred[0, :, 0], color=COLORS[name], linewidth=1.3, label=METHODS[name])
+            ax.plot(grid[0, :, 0], pred[0, :, 0], linewidth=1.3, label=METHODS[name], **method_style(name))
         ax.scatter(task.support_x[0, :, 0], task.support_y[0, :, 0], marker="^", color="black", zorder=5,
                    label=f"{k_shot} examples")
         ax.set_title(TEST_FAMILIES[family][0], fontsize="small")
@@ -325,7 +324,7 @@ def plot_curves(curves: Curves) -> plt.Figure:
         for method in curves.mse[family]:
             mean, ci, _ = curves.summary(family, method)
             ax.errorbar(curves.k_shots, mean, yerr=ci, marker="o", markersize=4, capsize=3,
-                        color=COLORS[method], label=METHODS[method])
+                        label=METHODS[method], **method_style(method))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())

@@ -22,7 +22,7 @@ from mtml_lib.meta.core import MetaLearner
 from mtml_lib.meta.tasks import TaskBatch
 from mtml_lib.meta.training import History, mean_ci95, meta_train, pretrain
 from mtml_lib.models import MLP
-from mtml_lib.plotting import PALETTE
+from mtml_lib.plotting import method_colour
 
 #: the methods of the comparison, and how tables and figures name them
 METHODS: dict[str, str] = {
@@ -33,7 +33,6 @@ METHODS: dict[str, str] = {
     "reptile": "Reptile",
     "pretrained": "pretrained",
 }
-COLORS: dict[str, tuple] = dict(zip(METHODS, PALETTE))
 _TEST_SEED_OFFSET = 10_000  # test tasks come from their own stream, never from the training one
 
 
@@ -147,7 +146,7 @@ def plot_fits(trained: dict[str, Trained], batches: dict[int, TaskBatch], task: 
             for s, shade in zip(steps, shades):
                 phi = t.learner.adapt(one.support_x, one.support_y, steps=s)
                 pred = t.learner.predict(phi, grid.unsqueeze(0))[0].cpu()
-                ax.plot(grid.cpu(), pred, color=COLORS[method], alpha=shade, lw=1.5, ls="--" if s == 0 else "-",
+                ax.plot(grid.cpu(), pred, color=method_colour(method), alpha=shade, lw=1.5, ls="--" if s == 0 else "-",
                         label=f"after {s} step{'s' if s != 1 else ''}")
             ax.scatter(one.support_x[0, :, 0].cpu(), one.support_y[0, :, 0].cpu(), color="black", marker="^", s=30, zorder=3,
                        label="K support points")
@@ -169,8 +168,8 @@ def plot_mse_vs_steps(curves_by_k: dict[int, dict[str, torch.Tensor]]) -> plt.Fi
         for method, curve in curves.items():
             mean, half = mean_ci95(curve, dim=1)
             steps = range(len(mean))
-            ax.plot(steps, mean, marker="o", ms=3, color=COLORS[method], label=METHODS[method])
-            ax.fill_between(steps, mean - half, mean + half, color=COLORS[method], alpha=0.2)
+            ax.plot(steps, mean, marker="o", ms=3, color=method_colour(method), label=METHODS[method])
+            ax.fill_between(steps, mean - half, mean + half, color=method_colour(method), alpha=0.2)
         ax.set_title(f"K = {k}")
         ax.set_xlabel("gradient steps at test time")
         ax.set_ylim(bottom=0)

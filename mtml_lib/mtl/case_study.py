@@ -655,40 +655,34 @@ def predictions(study: Study, split: shapes.ShapesSplit, methods: Sequence[str],
 
 
 def _plain_axes(*axes) -> None:
-    """Integer epochs on x; plain numbers (not powers of ten) on logarithmic y axes."""
-    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+    """Integer epochs on x; plain numbers (0.2, 0.5, 1 rather than powers of ten) on logarithmic y axes."""
+    from matplotlib.ticker import MaxNLocator
+
+    from mtml_lib.plotting import plain_log_axis
 
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_yscale() == "log":
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(NullFormatter())
-
-
-def _method_colours(methods: Sequence[str]) -> dict[str, Any]:
-    import seaborn as sns
-
-    palette = sns.color_palette("colorblind", len(methods))
-    return {m: ("black" if m == STL else palette[i]) for i, m in enumerate(methods)}
+            plain_log_axis(ax, "y")
 
 
 def plot_curves(study: Study):
     """Training loss (top) and validation metric (bottom) per task and epoch, mean over seeds; single-task
-    networks dashed black."""
+    networks dashed grey, every strategy in its colour of :data:`mtml_lib.plotting.METHOD_COLOURS`."""
     import matplotlib.pyplot as plt
+
+    from mtml_lib.plotting import canonical_method, method_style
 
     frame = curves_frame(study)
     methods = [STL, *study.strategies]
-    colours = _method_colours(methods)
     fig, axes = plt.subplots(2, len(study.tasks), figsize=(4.0 * len(study.tasks), 6.0), squeeze=False)
     for j, task in enumerate(study.tasks):
         metric = TASK_METRICS[task][0]
         part = frame[frame.task == task].groupby(["method", "epoch"], sort=False).mean(numeric_only=True).reset_index()
         for method in methods:
             rows = part[part.method == method]
-            single = method == STL
-            style = {"color": colours[method], "ls": "--" if single else "-", "lw": 1.8 if single else 1.2}
-            axes[0, j].plot(rows.epoch, rows.train_loss, label=method, **style)
+            style = method_style(method) | {"lw": 1.8 if method == STL else 1.2}
+            axes[0, j].plot(rows.epoch, rows.train_loss, label=canonical_method(method), **style)
             axes[1, j].plot(rows.epoch, rows[f"val_{metric}"], **style)
         axes[0, j].set(title=f"{task}: training loss", yscale="log", xlabel="epoch")
         axes[1, j].set(title=f"{task}: validation {metric}", xlabel="epoch")
@@ -717,6 +711,8 @@ def plot_uw_weights(study: Study):
     """UW's learned weights c e^{-s_i} per task over the epochs, next to the training losses (log scale)."""
     import matplotlib.pyplot as plt
 
+    from mtml_lib.plotting import dataset_colour
+
     frame = uw_weights_frame(study)
     losses = curves_frame(study)
     losses = losses[losses.method == "uw"].groupby(["task", "epoch"], sort=False).mean(numeric_only=True).reset_index()
@@ -724,9 +720,9 @@ def plot_uw_weights(study: Study):
     for task in study.tasks:
         part = frame[frame.task == task]
         form = "L/σ²" if KINDS[task] in CLASSIFICATION_KINDS else "L/2σ²"
-        axes[0].plot(part.epoch, part.weight, marker="o", ms=3, label=f"{task} ({form})")
+        axes[0].plot(part.epoch, part.weight, marker="o", ms=3, color=dataset_colour(task), label=f"{task} ({form})")
         part = losses[losses.task == task]
-        axes[1].plot(part.epoch, part.train_loss, marker="o", ms=3, label=task)
+        axes[1].plot(part.epoch, part.train_loss, marker="o", ms=3, color=dataset_colour(task), label=task)
     axes[0].set(title="UW: learned task weight c·exp(-s)", xlabel="epoch")
     axes[1].set(title="UW: training loss per task", xlabel="epoch", yscale="log")
     _plain_axes(*axes)
@@ -739,6 +735,7 @@ def plot_toy_directions(grads: torch.Tensor, c: float = 0.4):
     """The update of EW, PCGrad, MGDA and CAGrad for two 2-D task gradients (all on the EW scale)."""
     import matplotlib.pyplot as plt
 
+    from mtml_lib.plotting import method_colour
     from mtml_lib.mtl.weighting.cagrad import cagrad_direction
     from mtml_lib.mtl.weighting.mgda import mgda_direction
     from mtml_lib.mtl.weighting.pcgrad import pcgrad
@@ -750,10 +747,10 @@ def plot_toy_directions(grads: torch.Tensor, c: float = 0.4):
     for i, g in enumerate(grads):
         ax.annotate("", xy=g.tolist(), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": "grey", "lw": 1.5})
         ax.text(float(g[0]) * 1.05, float(g[1]) * 1.05, f"$g_{i + 1}$", color="grey")
-    colours = _method_colours(list(directions))
     for name, d in directions.items():
-        ax.annotate("", xy=d.tolist(), xytext=(0, 0), arrowprops={"arrowstyle": "-|>", "color": colours[name], "lw": 2})
-        ax.plot([], [], color=colours[name], lw=2, label=name)
+        colour = method_colour(name)
+        ax.annotate("", xy=d.tolist(), xytext=(0, 0), arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 2})
+        ax.plot([], [], color=colour, lw=2, label=name)
     points = torch.cat([grads, torch.stack(list(directions.values()))])
     lo, hi = points.min(0).values.clamp(max=0) - 0.3, points.max(0).values.clamp(min=0) + 0.3
     ax.set(xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])), aspect="equal")

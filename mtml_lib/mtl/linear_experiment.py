@@ -250,18 +250,25 @@ def winners(rows: pd.DataFrame, by: str) -> dict[float, str]:
 
 
 def plot_curves(ax, rows: pd.DataFrame, by: str, methods: Sequence[str], *, logx: bool = True, logy: bool = True) -> None:
-    """Mean risk per method versus ``by`` with ±1 standard-error bars over seeds, one colour per method."""
-    from mtml_lib.plotting import PALETTE
+    """Mean risk per method versus ``by`` with ±1 standard-error bars over seeds, each method in its colour
+    of :data:`mtml_lib.plotting.METHOD_COLOURS` (the oracle dashed black); log axes labelled with plain numbers."""
+    from matplotlib.ticker import NullLocator
+
+    from mtml_lib.plotting import method_style, plain_log_axis
 
     table = summarise(rows, by)
-    for i, method in enumerate(methods):
+    for method in methods:
         part = table[table["method"] == method]
         if part.empty:
             continue
-        style = dict(linestyle="--", color="0.3") if method == "oracle" else dict(color=PALETTE[i % len(PALETTE)])
-        ax.errorbar(part[by], part["mean"], yerr=part["sem"], marker="o", markersize=4, capsize=3, label=method, **style)
+        ax.errorbar(part[by], part["mean"], yerr=part["sem"], marker="o", markersize=4, capsize=3, label=method,
+                    **method_style(method))
     if logx:
         ax.set_xscale("log", base=2)
+        values = sorted(set(table[by]))
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.xaxis.set_minor_locator(NullLocator())
     if logy:
         ax.set_yscale("log")
+        plain_log_axis(ax, "y")
     ax.set_ylabel("excess test risk  |ŵ − w|²")
