@@ -13,8 +13,20 @@ so an instructor can also run the exercise through nbgrader itself:
   student version). For ``mtml grade`` each graded cell also holds, in ``metadata.mtml``, its *probes*:
   Python expressions (and an optional ``setup``) whose values, computed from the student's answers, must
   equal those computed from the instructor's (within ``rtol``/``atol``). The probes are removed from the
-  student version.
+  student version. The probes run on *fresh* inputs that the ``setup`` makes (other shapes, seeds and
+  values than the notebook's), never on the notebook's own data, so an answer fitted to what the student
+  can see gains nothing; a setup makes inputs only (no reference computation: it reaches the child).
+  ``uses``, a list of answer ``grade_id``s, makes the question independent of earlier answers: for its
+  probes the instructor's solutions of those answer cells replace the student's.
 - **setup cells** (everything else): data and imports, taken from the instructor's copy when grading.
+
+The notebook's own ``metadata.mtml.unavailable`` lists what the exercise asks the student to write and
+the library (or an installed package) already computes: ``"mtml_lib.metrics.confusion_matrix"``, a class,
+a whole module of this package, or a package such as ``"sklearn"``. While ``mtml grade`` runs the answers
+and probes, those are stubs that raise and their source cannot be read (see :mod:`mtml_lib.grading`), so
+an answer that calls them scores nothing. Setup cells and probe setups must not call them either (the
+instructor's run fails loudly if they do); visible checks may, since they run only in the student's own
+kernel.
 
 Grading (:mod:`mtml_lib.grading`) never trusts the submission: only its answer cells are used, they run
 in a sandboxed child process together with the instructor's setup cells, and the grader compares the
@@ -54,6 +66,7 @@ class QuestionSpec:
     setup: str = ""
     rtol: float = 1e-7
     atol: float = 1e-10
+    uses: tuple[str, ...] = ()  # answer grade_ids whose instructor solutions the probes run with
 
 
 @dataclass
@@ -65,6 +78,7 @@ class Exercise:
     digest: str
     cells: list[dict] = field(default_factory=list)  # {"kind", "grade_id", "source", "student"}
     questions: list[QuestionSpec] = field(default_factory=list)
+    unavailable: tuple[str, ...] = ()  # library names a grading run replaces by stubs (module docstring)
 
     @property
     def answer_ids(self) -> list[str]:
@@ -87,10 +101,13 @@ class Exercise:
                 program.append({"id": f"answer cell {cell['grade_id']}", "source": source})
         return program
 
-    def probe_spec(self, grade_ids=None) -> list[dict]:
-        """The questions' probes for a grading run (those of ``grade_ids`` only, when given)."""
-        return [{"grade_id": q.grade_id, "setup": q.setup, "probes": list(q.probes)} for q in self.questions
-                if grade_ids is None or q.grade_id in grade_ids]
+    def payloads(self, grade_ids=None) -> list[dict]:
+        """The questions as a grading run receives them, one at a time (those of ``grade_ids`` only, when
+        given): the probe setup, the probes, and the instructor's solutions of the answers it ``uses``."""
+        solutions = {c["grade_id"]: c["source"] for c in self.cells if c["kind"] == "solution"}
+        return [{"grade_id": q.grade_id, "setup": q.setup, "probes": list(q.probes),
+                 "references": [solutions[g] for g in q.uses]}
+                for q in self.questions if grade_ids is None or q.grade_id in grade_ids]
 
 
 def exercises_dir() -> Path:
@@ -179,7 +196,10 @@ def _question(cell, meta: dict, where: str) -> QuestionSpec:
     rtol, atol = probe_meta.get("rtol", 1e-7), probe_meta.get("atol", 1e-10)
     if not isinstance(setup, str) or not all(isinstance(t, (int, float)) and t >= 0 for t in (rtol, atol)):
         raise ExerciseError(f"{where} ({gid!r}): mtml.setup must be text, mtml.rtol and mtml.atol non-negative numbers")
-    return QuestionSpec(gid, float(points), tuple(probes), setup, float(rtol), float(atol))
+    uses = probe_meta.get("uses", [])
+    if not isinstance(uses, list) or not all(isinstance(u, str) for u in uses):
+        raise ExerciseError(f"{where} ({gid!r}): mtml.uses must be a list of answer grade_ids")
+    return QuestionSpec(gid, float(points), tuple(probes), setup, float(rtol), float(atol), tuple(uses))
 
 
 def load(path: Path) -> Exercise:
@@ -217,6 +237,17 @@ def load(path: Path) -> Exercise:
         raise ExerciseError(f"{path.name}: no graded cells (code cells with nbgrader grade: true, points and mtml.probes)")
     if not exercise.answer_ids:
         raise ExerciseError(f"{path.name}: no answer cells (code cells with nbgrader solution: true)")
+    for q in exercise.questions:
+        unknown = [u for u in q.uses if u not in exercise.answer_ids]
+        if unknown:
+            raise ExerciseError(f"{path.name} ({q.grade_id!r}): mtml.uses names {unknown[0]!r}, which is not an "
+                                f"answer cell; answer cells: {', '.join(exercise.answer_ids)}")
+    meta = nb.metadata.get("mtml", {})
+    unavailable = meta.get("unavailable", []) if isinstance(meta, dict) else None
+    if not isinstance(unavailable, list) or not all(isinstance(u, str) and u.strip() for u in unavailable):
+        raise ExerciseError(f"{path.name}: notebook metadata mtml.unavailable must be a list of names, "
+                            f"got {unavailable!r}")
+    exercise.unavailable = tuple(unavailable)
     return exercise
 
 

@@ -10,6 +10,33 @@ never believes what submitted code says about itself:
 - The answers run in a sandboxed child (:mod:`mtml_lib.grading.sandbox`: private root file system without
   the instructor notebooks, an unprivileged user id, resource limits, every process killed at the end),
   which evaluates each question's probes and reports their values as JSON data.
+- **Hidden inputs stay hidden.** The probes evaluate the answers on inputs the student never sees (the
+  ``setup`` of each graded cell's ``metadata.mtml``, removed from the student version). The child
+  receives a question only after its answer cells ran, and the next one only after it answered the one
+  before (see the sandbox's docstring), so no answer cell can read a probe, and no answer can learn the
+  inputs of a question before that question's values are fixed. From the phase in which the child knows
+  a question, the grader keeps numbers and nothing the child wrote as text: a probe that raises is
+  reported by its exception's built-in class name only (``raised TypeError``), a run that stops then by
+  ``SIGKILL``/``SIGXCPU`` or "a signal" and by "exit code 0" or "a non-zero exit code". What a
+  submission can still signal back about hidden inputs is therefore a few bits per question (which
+  probes pass, which built-in error, how the run ended), never the inputs themselves; the answer cells'
+  own errors (before any probe was sent) are reported in full, since they help the student.
+- **Answers that call the library.** An exercise lists in its notebook metadata the library functions
+  and classes that compute what it asks for (``unavailable``). In the child they are replaced by stubs
+  that raise before any exercise code runs, by swapping each function's code object in place, so an
+  alias made by ``from ... import``, ``importlib.reload``, ``sys.modules``, ``gc`` or another library
+  function that calls it reaches the stub too; their source files and cached bytecode are covered by
+  empty files in the private root, so ``open(module.__file__)``, ``inspect.getsource`` and ``exec`` of a
+  copy find nothing; and a listed package the grader never imports (``sklearn``, whose
+  ``confusion_matrix`` or ``Ridge`` would answer a question) is hidden from the file system. A probe that
+  reaches a stub fails. What this cannot stop, and does not try to: general tools of torch that a
+  student may legitimately use (``torch.bincount``, ``torch.linalg.solve``) and autograd. A value check
+  cannot tell how a value was computed, so a question whose point is a derivation is graded on a
+  quantity that autograd has nothing to differentiate for (ex01's gradients after a
+  reparametrisation, ex02's meta-gradient from the derivatives it is given, its critical step sizes).
+- **Questions are independent.** A question may name earlier answers (``uses`` in its metadata): for
+  its probes the instructor's solutions of those answers replace the student's, sent with that question
+  only, so an error in question 1 costs question 1 and nothing after it.
 - The expected values come from a separate sandboxed run of the instructor's own solutions, made before
   any submission runs and kept in the grader's memory; a question scores its points only when every probe
   value matches (same structure and shape, numbers within the question's tolerance). A child that
@@ -27,6 +54,7 @@ loop or a crash costs only the questions that reach it.
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import os
@@ -180,9 +208,9 @@ def compare(got, expected, rtol: float, atol: float, where: str = "value") -> st
     """``None`` when ``got`` matches ``expected`` (plain JSON data from the sandbox), else what differs."""
     if isinstance(expected, dict) and "__tensor__" in expected:
         if not (isinstance(got, dict) and "__tensor__" in got):
-            return f"{where}: expected a tensor of shape {tuple(expected['__tensor__'])}, got {type(got).__name__}"
+            return f"{where}: expected a tensor, got {type(got).__name__}"
         if got.get("__tensor__") != expected["__tensor__"]:
-            return f"{where}: expected shape {tuple(expected['__tensor__'])}, got {got.get('__tensor__')}"
+            return f"{where}: wrong shape"  # neither shape is shown: both tell about the hidden inputs
         data, ref = got.get("data"), expected["data"]
         if not isinstance(data, list) or len(data) != len(ref):
             return f"{where}: malformed tensor"
@@ -222,16 +250,12 @@ def compare(got, expected, rtol: float, atol: float, where: str = "value") -> st
 
 # ------------------------------------------------------------------------------------------ running
 def _probe_values(result: sandbox.RunResult) -> dict[tuple[str, int], dict]:
-    values: dict[tuple[str, int], dict] = {}
-    for record in result.records:
-        if record.get("event") == "probe" and isinstance(record.get("question"), str) \
-                and isinstance(record.get("index"), int) and not isinstance(record.get("index"), bool):
-            values.setdefault((record["question"], record["index"]), record)
-    return values
+    return result.values
 
 
 def _run_failure(result: sandbox.RunResult, settings: Settings) -> str:
-    """Why a probe has no value: the run stopped before it."""
+    """Why a probe has no value: the run stopped before it. Once the questions started, an exit code or a
+    signal the submission could choose is told only by its class (see the module docstring)."""
     if result.timed_out:
         return f"timeout: the run took more than {settings.timeout:g} s"
     code = result.returncode
@@ -242,12 +266,33 @@ def _run_failure(result: sandbox.RunResult, settings: Settings) -> str:
             name = f"signal {-code}"
         if name == "SIGXCPU":
             return "CPU time limit exceeded"
+        if result.cells_done and name != "SIGKILL":
+            name = "a signal"
         return f"the run was killed ({name}) before this question"
+    if result.cells_done and code not in (0, None):
+        return "the run ended (a non-zero exit code) before this question"
     return f"the run ended (exit code {code}) before this question"
 
 
 def _memory(error: str) -> bool:
     return error.startswith("MemoryError") or "can't allocate memory" in error or "DefaultCPUAllocator" in error
+
+
+_BUILTIN_ERRORS = {name for name, value in vars(builtins).items()
+                   if isinstance(value, type) and issubclass(value, BaseException)}
+
+
+def probe_error(error, exercise: Exercise, settings: Settings) -> str:
+    """A probe's error as the grader reports it: the child's text is not shown (it ran with the hidden
+    inputs), only its class when built in, a stubbed library function by name, or the memory limit."""
+    error = str(error)
+    if _memory(error):
+        return f"memory limit ({settings.memory_gib:g} GiB) exceeded"
+    for name in exercise.unavailable:
+        if error == sandbox.unavailable_message(name):
+            return f"calls {name}, which is not available in this exercise"
+    kind = error.split(":", 1)[0].strip()
+    return f"raised {kind}" if kind in _BUILTIN_ERRORS else "raised an exception"
 
 
 def _hidden(exercise: Exercise, extra=()) -> list[str]:
@@ -262,10 +307,11 @@ def _hidden(exercise: Exercise, extra=()) -> list[str]:
     return sorted(str(f) for f in folders)
 
 
-def _spec(exercise: Exercise, answers: dict[str, str] | None, settings: Settings, hide=(), questions=None) -> dict:
+def _spec(exercise: Exercise, answers: dict[str, str] | None, settings: Settings, hide=()) -> dict:
+    """What the child starts with: the cells and the limits, never a question (those come later)."""
     timeout = float(settings.timeout)
     return {
-        "cells": exercise.program(answers), "questions": exercise.probe_spec(questions),
+        "cells": exercise.program(answers), "unavailable": list(exercise.unavailable),
         "memory_bytes": int(settings.memory_gib * sandbox.GIB), "cpu_seconds": max(2, math.ceil(timeout) + 1),
         "file_bytes": int(settings.file_mib * sandbox.MIB), "processes": int(settings.processes),
         "tmpfs_mib": int(settings.file_mib * 4), "isolate": settings.isolate, "binds": sandbox.default_binds(),
@@ -321,7 +367,8 @@ class Grader:
             return exercise
         try:
             spec = _spec(exercise, None, self.settings, self.hide)
-            result = sandbox.run(spec, max(self.settings.timeout, 120), self.uid, self.server)
+            result = sandbox.run(spec, max(self.settings.timeout, 120), self.uid, self.server,
+                                 exercise.payloads())
         except (OSError, RuntimeError) as err:
             raise ExerciseError(f"the grading sandbox could not run {exercise.path.name}: {err}") from None
         if result.sandbox is None:
@@ -359,23 +406,22 @@ class Grader:
             # after it, so one question's loop or crash costs only that question; not when the answer cells
             # themselves never finished, and not beyond three timeouts for the whole submission.
             try:
-                spec = _spec(exercise, answers, self.settings, self.hide, pending)
-                result = sandbox.run(spec, self.settings.timeout, self.uid, self.server)
+                spec = _spec(exercise, answers, self.settings, self.hide)
+                result = sandbox.run(spec, self.settings.timeout, self.uid, self.server, exercise.payloads(pending))
             except (OSError, RuntimeError) as err:  # the grader's side failed (e.g. out of file descriptors)
                 return self._reject(report, f"not graded: the grading sandbox failed ({printable(err)}); "
                                             "grade it again", start)
             if result.leftover:
                 report.notes.append(f"processes {result.leftover} of the run could not be killed")
             if first:
-                cell_errors = [r for r in result.records if r.get("event") == "cell" and r.get("error")]
+                cell_errors = [r for r in result.cells if r.get("error")]
                 for record in cell_errors[:10]:
                     report.notes.append(f"{printable(record.get('id'), 60)}: {printable(record['error'])}")
             first = False
             stopped = self._score(report, exercise, pending, _probe_values(result), expected, result)
             if stopped is None:
                 break
-            started = any(r.get("event") == "probe" for r in result.records) or \
-                sum(r.get("event") == "cell" for r in result.records) >= len(spec["cells"])
+            started = result.cells_done
             pending = pending[pending.index(stopped) + 1:]
             if pending and (not started or time.monotonic() - start > 2 * self.settings.timeout):
                 reason = _run_failure(result, self.settings) if not started else \
@@ -401,9 +447,7 @@ class Grader:
                     q.error = _run_failure(result, self.settings)
                     return q.grade_id
                 if "value" not in record:
-                    error = printable(record.get("error"))
-                    q.error = (f"memory limit ({self.settings.memory_gib:g} GiB) exceeded: {error}" if _memory(error)
-                               else f"check {i + 1}: {error}")
+                    q.error = f"check {i + 1} {probe_error(record.get('error'), exercise, self.settings)}"
                 else:
                     problem = compare(record["value"], expected[(q.grade_id, i)], spec.rtol, spec.atol,
                                       f"check {i + 1}")

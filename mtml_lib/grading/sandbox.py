@@ -29,21 +29,43 @@ What the child is kept from, when the grader runs as root on Linux (the setting 
 Without root (or where namespaces are unavailable) the child still gets a fresh temporary working
 folder, the resource limits (but the process limit) and the process-group kill, but it runs as the
 grader's own user and can read whatever that user can: the grader prints a warning saying so. Not defended against: kernel
-exploits, and side channels of a shared machine (timing). The hidden probes are sent to the child
-(they must run there), so a hostile submission can learn what they compute, but never their expected
-results.
+exploits, and side channels of a shared machine (timing).
+
+**What the child learns, and when.** The questions' probes (the hidden inputs and the expressions evaluated
+on them) must run in the child, but the child gets each question only when it is that question's turn:
+the spec it starts with holds the cells (the instructor's setup cells and the submission's answers) and
+the limits, nothing else. After the cells it reports ``{"event": "cells"}``; only then does the grader
+write the first question to a second pipe, and each next question only after the child reported
+``{"event": "answered"}`` for the one before. So code that runs in the answer cells cannot see any probe
+(it is in no file, no variable and no buffer of the process yet), and code that runs during question k
+cannot change what was recorded for the questions before it: the grader takes a probe's value only
+while its question is the current one, and takes no cell report after ``cells``. What a submission sees
+during a question (that question's inputs) it could only carry out through the report, and the grader
+keeps none of the child's text from that phase (see :mod:`mtml_lib.grading`).
+
+**Library functions a question asks for** (the exercise's ``unavailable`` list, see
+:mod:`mtml_lib.exercises`) are replaced before any exercise code runs: each listed function's code object
+is swapped in place for one that raises (so every alias, import and closure that refers to the function
+object reaches the stub, and the original code object is freed), every function of a listed class
+likewise, and in the private root the source file of each such module and its cached bytecode are
+covered by an empty file, so that the implementation cannot be read back from disk, reloaded or copied
+with ``inspect``. A listed package that the grader has not imported (``sklearn``) is hidden from the
+file system altogether. Without a private root the stubs still apply but the source stays readable
+(with a warning).
 
 Protocol: the grader starts a fork server (:func:`serve`, trusted code that imports torch once and never
-runs submitted code) and, for each run, sends it three file descriptors: a JSON *spec* (the cells to
-run, the probes to evaluate, the limits), a pipe for the report and a log file. The server forks a child
-that starts a new session, isolates itself and writes one JSON object per line to the pipe: first
-``{"event": "sandbox", ...}`` (written before any submitted code runs), then ``{"event": "cell", ...}``
-per cell and ``{"event": "probe", ...}`` per probe, then ``{"event": "done"}``.
+runs submitted code) and, for each run, sends it four file descriptors: a JSON *spec* (the cells to
+run, the limits, the unavailable names), a pipe for the report, a log file and a pipe that brings the
+questions. The server forks a child that starts a new session, isolates itself and writes one JSON
+object per line to the report pipe: first ``{"event": "sandbox", ...}`` (written before any exercise code
+runs), then ``{"event": "cell", ...}`` per cell, ``{"event": "cells"}``, and for each question received
+one ``{"event": "probe", ...}`` per probe and ``{"event": "answered"}``, then ``{"event": "done"}``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -59,6 +81,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 
+REPORT_FD, QUESTIONS_FD = 3, 4  # the child's report pipe and the pipe that brings it the questions
 MAX_STRING = 2000
 MAX_ELEMENTS = 200_000
 
@@ -104,8 +127,10 @@ def _bind(libc, source: str, target: Path, created: list[Path]) -> None:
     created.append(target)
 
 
-def _private_root(libc, binds: list[str], hide: list[str], uid: int, tmpfs_mib: int) -> None:
-    """Mount namespace + new root on a tmpfs with read-only binds; ends in the new root at /work."""
+def _private_root(libc, binds: list[str], hide: list[str], uid: int, tmpfs_mib: int,
+                  hide_files: list[str] = ()) -> None:
+    """Mount namespace + new root on a tmpfs with read-only binds; ``hide`` folders and ``hide_files``
+    covered by empty ones; ends in the new root at /work."""
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
     staging = Path("/tmp")  # shadowed in this namespace only
     _mount(libc, "tmpfs", staging, "tmpfs", MS_NOSUID, f"size={tmpfs_mib}m,mode=755")
@@ -120,6 +145,15 @@ def _private_root(libc, binds: list[str], hide: list[str], uid: int, tmpfs_mib: 
         target = root / hidden.lstrip("/")
         if target.is_dir() and not target.is_symlink():
             _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=1m,mode=755")
+    empty = staging / "empty"
+    empty.touch(mode=0o444)
+    for hidden in hide_files:  # the source of what an exercise makes unavailable
+        target = root / hidden.lstrip("/")
+        if target.is_dir() and not target.is_symlink():
+            _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=1m,mode=755")
+        elif target.is_file() and not target.is_symlink():
+            _mount(libc, str(empty), target, None, MS_BIND)
+            _mount(libc, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
     dev = root / "dev"
     dev.mkdir(exist_ok=True)
     for name in ("null", "zero", "random", "urandom"):
@@ -167,6 +201,7 @@ def _sandbox(spec: dict) -> dict:
     done = {"namespace": False, "network": False, "uid": os.getuid(), "warnings": []}
     uid = spec["uid"]
     libc = _libc()
+    hide_files, done["unavailable"] = _make_unavailable(spec.get("unavailable", []))
     if spec.get("isolate", True) and os.geteuid() == 0 and not hasattr(libc, "unshare"):
         done["warnings"].append("this system has no unshare(2): the submission sees the grader's file system")
     elif spec.get("isolate", True) and os.geteuid() == 0:
@@ -180,7 +215,7 @@ def _sandbox(spec: dict) -> dict:
                                     "sees the grader's file system")
         if flags & CLONE_NEWNS and not done["warnings"]:
             try:
-                _private_root(libc, spec["binds"], spec.get("hide", []), uid, spec["tmpfs_mib"])
+                _private_root(libc, spec["binds"], spec.get("hide", []), uid, spec["tmpfs_mib"], hide_files)
                 done["namespace"] = True
             except OSError as err:
                 libc.umount2(b"/tmp", 2)  # MNT_DETACH: the staging tmpfs, so that the fallback folder shows again
@@ -189,6 +224,9 @@ def _sandbox(spec: dict) -> dict:
             done["warnings"].append("no network namespace: the submission can use the network")
     if not done["namespace"]:
         os.chdir(spec["workdir"])
+        if hide_files:
+            done["warnings"].append("no private root: the source of what the exercise makes unavailable "
+                                    "stays readable to the submission")
     os.environ.clear()
     os.environ.update(spec["env"])
     os.environ["HOME"] = os.getcwd()
@@ -200,6 +238,107 @@ def _sandbox(spec: dict) -> dict:
         os.setresuid(uid, uid, uid)
         done["uid"] = os.getuid()
     return done
+
+
+def unavailable_message(name: str) -> str:
+    """What a stubbed library function raises (the grader recognises this text, and only this one)."""
+    return f"RuntimeError: {name} is not available while this exercise is graded: write your own"
+
+
+def _stub(function, name: str) -> None:
+    """Swap ``function``'s code in place for one that raises (every reference to it now reaches the stub)."""
+    while function is not None:
+        if function.__closure__:
+            raise ValueError(f"{name} is a closure; list the function it wraps instead")
+        scope: dict = {}
+        exec(f"def stub(*args, **kwargs):\n    raise RuntimeError({unavailable_message(name).split(': ', 1)[1]!r})",
+             scope)  # noqa: S102 - trusted text built here
+        function.__code__ = scope["stub"].__code__
+        function = getattr(function, "__wrapped__", None)
+
+
+def _functions_of(cls) -> list:
+    """The functions a class defines itself (methods, static and class methods, property accessors)."""
+    found = []
+    for value in vars(cls).values():
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        if isinstance(value, property):
+            found += [f for f in (value.fget, value.fset, value.fdel) if f is not None]
+        elif callable(value) and hasattr(value, "__code__"):
+            found.append(value)
+    return found
+
+
+def _source_files(module) -> list[str]:
+    """A module's source file and its cached bytecode files."""
+    import importlib.util
+
+    origin = getattr(module, "__file__", None)
+    if not origin:
+        return []
+    files = [os.path.realpath(origin)]
+    cache = Path(importlib.util.cache_from_source(files[0]))
+    if cache.parent.is_dir():
+        files += sorted(str(p) for p in cache.parent.glob(Path(files[0]).stem + ".*.pyc"))
+    return files
+
+
+def _package_paths(name: str) -> list[str]:
+    """Where a top-level package or module ``name`` lies on ``sys.path`` (every copy), without importing it."""
+    found = []
+    for entry in sys.path:
+        base = Path(entry or ".")
+        if not base.is_dir():
+            continue
+        candidates = [base / name] + list(base.glob(f"{name}.py")) + list(base.glob(f"{name}.*.so"))
+        found += [str(p.resolve()) for p in candidates if p.exists()]
+    return sorted(set(found))
+
+
+def _make_unavailable(names: list[str]) -> tuple[list[str], list[str]]:
+    """Stub the listed library functions and classes (trusted code, before any exercise code); returns the
+    files and folders the private root must cover, and the names made unavailable.
+
+    A name is ``package.module.attribute`` (a function or class; every function or class a module defines
+    when the name is a module of this package), or a top-level package the grader has not imported
+    (hidden from the file system; it cannot be imported at all)."""
+    import importlib
+
+    hide: list[str] = []
+    for name in names:
+        top = name.split(".")[0]
+        if top != __name__.split(".")[0]:
+            if any(m == top or m.startswith(top + ".") for m in sys.modules):
+                raise ValueError(f"{name} is already imported by the grader and cannot be made unavailable")
+            hide += _package_paths(top)
+            continue
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix is the module
+            try:
+                module = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ImportError:
+                continue
+        else:
+            raise ValueError(f"{name} cannot be imported")
+        target = module
+        for attribute in parts[cut:]:
+            target = getattr(target, attribute)
+        if target is module:
+            members = [v for v in vars(module).values() if getattr(v, "__module__", None) == module.__name__]
+        else:
+            members = [target]
+        for member in members:
+            functions = _functions_of(member) if isinstance(member, type) else [member]
+            for function in functions:
+                if hasattr(function, "__code__"):
+                    _stub(function, name)
+            hide += _source_files(sys.modules[member.__module__] if hasattr(member, "__module__") else module)
+    import linecache
+
+    linecache.clearcache()
+    return sorted(set(hide)), list(names)
 
 
 def _short(text: str) -> str:
@@ -266,19 +405,17 @@ def _compile(source: str, label: str):
         return compile(TransformerManager().transform_cell(source), label, "exec")
 
 
-def _run(spec: dict, out: _Out) -> None:
-    ns: dict = {"__name__": "__main__", "get_ipython": lambda: _Shell()}
-    for cell in spec["cells"]:
-        record = {"event": "cell", "id": cell["id"], "error": None}
-        try:
-            exec(_compile(cell["source"], f"<cell {cell['id']}>"), ns)  # noqa: S102 - the sandboxed code
-        except BaseException as err:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
-            record["error"] = _error(err)
-        out.write(record)
-    for question in spec["questions"]:
-        local = dict(ns)  # probe helpers do not clobber names the answers look up in their globals
+def _evaluate(question: dict, ns: dict, out: _Out) -> None:
+    """One question: the instructor's references for earlier parts (if any) replace the answers' names for
+    its duration, its setup makes the inputs, and each probe's value is reported."""
+    saved = dict(ns)
+    try:
         setup_error = None
+        local = ns
         try:
+            for source in question.get("references", []):
+                exec(compile(source, f"<reference for {question['grade_id']}>", "exec"), ns)  # noqa: S102
+            local = dict(ns)  # probe helpers do not clobber names the answers look up in their globals
             if question.get("setup"):
                 exec(compile(question["setup"], f"<setup of {question['grade_id']}>", "exec"), local)  # noqa: S102
         except BaseException as err:  # noqa: BLE001
@@ -293,6 +430,26 @@ def _run(spec: dict, out: _Out) -> None:
                 except BaseException as err:  # noqa: BLE001
                     record["error"] = _error(err)
             out.write(record)
+    finally:
+        ns.clear()
+        ns.update(saved)
+    out.write({"event": "answered", "question": question["grade_id"]})
+
+
+def _run(spec: dict, out: _Out, questions_fd: int) -> None:
+    ns: dict = {"__name__": "__main__", "get_ipython": lambda: _Shell()}
+    for cell in spec["cells"]:
+        record = {"event": "cell", "id": cell["id"], "error": None}
+        try:
+            exec(_compile(cell["source"], f"<cell {cell['id']}>"), ns)  # noqa: S102 - the sandboxed code
+        except BaseException as err:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
+            record["error"] = _error(err)
+        out.write(record)
+    out.write({"event": "cells"})
+    # The questions come one at a time, each after the grader read the answers to the one before.
+    with os.fdopen(questions_fd, "rb", closefd=False) as questions:
+        for line in iter(questions.readline, b""):
+            _evaluate(json.loads(line), ns, out)
     out.write({"event": "done"})
 
 
@@ -314,7 +471,7 @@ def _child(spec: dict, out: _Out) -> None:
     try:
         done = _sandbox(spec)
         out.write({"event": "sandbox", **done})
-        _run(spec, out)
+        _run(spec, out, QUESTIONS_FD)
         code = 0
     except BaseException:  # noqa: BLE001 - a failure of the sandbox itself: told in the log
         import traceback
@@ -329,8 +486,8 @@ def _child(spec: dict, out: _Out) -> None:
 
 
 def serve(sock_fd: int) -> int:
-    """Fork server: imports torch once, then for each request (a spec, a result pipe and a log file, sent as
-    file descriptors over the socket) forks a child that starts a new session and runs :func:`_child`.
+    """Fork server: imports torch once, then for each request (a spec, a result pipe, a log file and a
+    questions pipe, sent as file descriptors over the socket) forks a child that starts a new session and runs :func:`_child`.
     Replies ``{"pid"}`` when the child started and ``{"pid", "status"}`` when it ended. The server itself
     never runs submitted code."""
     import socket
@@ -340,14 +497,14 @@ def serve(sock_fd: int) -> int:
     sock.send(b'{"ready": true}')
     while True:
         try:
-            message, fds, _, _ = socket.recv_fds(sock, 4096, 3)
+            message, fds, _, _ = socket.recv_fds(sock, 4096, 4)
         except OSError:
             return 0
-        if not message or len(fds) != 3:
+        if not message or len(fds) != 4:
             for fd in fds:
                 os.close(fd)
             return 0
-        spec_fd, result_fd, log_fd = fds
+        spec_fd, result_fd, log_fd, questions_fd = fds
         pid = os.fork()
         if pid == 0:
             sock.close()
@@ -358,10 +515,12 @@ def serve(sock_fd: int) -> int:
             os.dup2(log_fd, 2)
             with os.fdopen(spec_fd, "rb") as f:
                 spec = json.loads(f.read())
-            os.dup2(result_fd, 3)
-            os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # no descriptor from before the root
+            questions_fd = fcntl.fcntl(questions_fd, fcntl.F_DUPFD, 10)  # out of the way of 3 and 4
+            os.dup2(result_fd, REPORT_FD)
+            os.dup2(questions_fd, QUESTIONS_FD)
+            os.closerange(QUESTIONS_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # none from before the root
             sys.stdin = open(os.devnull)  # noqa: SIM115
-            _child(spec, _Out(3))
+            _child(spec, _Out(REPORT_FD))
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid}).encode())
@@ -456,13 +615,100 @@ def pick_uid() -> int:
 
 
 class RunResult:
+    """What the grader kept of one run: only records that arrived when they were due (see the module
+    docstring), each checked to be a mapping."""
+
     def __init__(self):
-        self.records: list[dict] = []
+        self.sandbox: dict | None = None  # the first record, written before any exercise code ran
+        self.cells: list[dict] = []  # one per cell, up to the child's "cells" report
+        self.cells_done = False  # the child reported the end of the cells (the questions then started)
+        self.values: dict[tuple[str, int], dict] = {}  # (grade_id, probe index) -> {"value"} or {"error"}
+        self.answered: list[str] = []  # the questions the child finished, in order
         self.timed_out = False
         self.returncode: int | None = None
         self.log = ""
         self.leftover: list[int] = []
-        self.sandbox: dict | None = None
+
+
+class _Conversation:
+    """The grader's side of one run: reads the child's report as it comes and sends each question when due."""
+
+    def __init__(self, result: RunResult, questions: list[dict], write_fd: int, max_bytes: int):
+        self.result, self.questions, self.fd = result, questions, write_fd
+        self.current = -1  # index of the question being answered; -1 before the cells ended
+        self.pending = b""
+        self.buffer = b""
+        self.seen = 0
+        self.max_bytes = max_bytes
+        self.first = True
+
+    def feed(self, chunk: bytes) -> None:
+        self.seen += len(chunk)
+        if self.seen > self.max_bytes:
+            return  # anything past the limit is dropped, and so are the probes it would hold
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # anything the submission wrote there is only data
+                record = None
+            first, self.first = self.first, False
+            if isinstance(record, dict):
+                self._accept(record, first)
+
+    def _accept(self, record: dict, first: bool) -> None:
+        result, event = self.result, record.get("event")
+        if first:
+            if event == "sandbox":
+                result.sandbox = record
+            return
+        if self.current < 0:
+            if event == "cell":
+                result.cells.append(record)
+            elif event == "cells":
+                result.cells_done = True
+                self._next()
+            return
+        if self.current >= len(self.questions):
+            return
+        gid = self.questions[self.current]["grade_id"]
+        if record.get("question") != gid:
+            return
+        index = record.get("index")
+        if event == "probe" and isinstance(index, int) and not isinstance(index, bool) \
+                and 0 <= index < len(self.questions[self.current]["probes"]):
+            result.values.setdefault((gid, index), record)
+        elif event == "answered":
+            result.answered.append(gid)
+            self._next()
+
+    def _next(self) -> None:
+        self.current += 1
+        if self.current < len(self.questions):
+            self.pending += (json.dumps(self.questions[self.current]) + "\n").encode()
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is due without blocking; close the pipe after the last question."""
+        if self.fd < 0:
+            return
+        try:
+            while self.pending:
+                self.pending = self.pending[os.write(self.fd, self.pending):]
+        except BlockingIOError:
+            return
+        except OSError:  # the child closed its end: it gets nothing more
+            self.pending = b""
+            self.close()
+            return
+        if self.current >= len(self.questions):
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Server:
@@ -491,14 +737,14 @@ class Server:
             raise RuntimeError("the grading sandbox's server did not start")
         self.sock.settimeout(None)
 
-    def start(self, spec_fd: int, result_fd: int, log_fd: int) -> int:
+    def start(self, spec_fd: int, result_fd: int, log_fd: int, questions_fd: int) -> int:
         import socket
 
         for attempt in range(2):
             if self.proc is None or self.proc.poll() is not None:
                 self._start()
             try:
-                socket.send_fds(self.sock, [b"run"], [spec_fd, result_fd, log_fd])
+                socket.send_fds(self.sock, [b"run"], [spec_fd, result_fd, log_fd, questions_fd])
                 reply = json.loads(self.sock.recv(4096) or b"{}")
                 return int(reply["pid"])
             except (OSError, ValueError, KeyError):
@@ -536,9 +782,11 @@ class Server:
             self.proc = None
 
 
-def run(spec: dict, timeout: float, uid: int, server: Server, max_report_bytes: int = 16 * MIB) -> RunResult:
-    """Run ``spec`` in a sandboxed child forked by ``server``; always returns, with the child and everything
-    it started dead."""
+def run(spec: dict, timeout: float, uid: int, server: Server, questions: list[dict] | None = None,
+        max_report_bytes: int = 16 * MIB) -> RunResult:
+    """Run ``spec`` in a sandboxed child forked by ``server``, sending it ``questions`` (each
+    ``{"grade_id", "setup", "probes", "references"}``) one at a time after its cells; always returns, with
+    the child and everything it started dead."""
     import select
     import shutil
     import tempfile
@@ -553,13 +801,16 @@ def run(spec: dict, timeout: float, uid: int, server: Server, max_report_bytes: 
     spec = dict(spec, uid=uid, workdir=str(workdir))
     (private / "spec.json").write_text(json.dumps(spec))
     read_fd, write_fd = os.pipe()
-    buffer = b""
+    q_read, q_write = os.pipe()
+    os.set_blocking(q_write, False)
+    talk = _Conversation(result, list(questions or []), q_write, max_report_bytes)
     try:
         with open(private / "spec.json", "rb") as spec_file, open(private / "log.txt", "wb") as log:
             start = time.monotonic()
-            pid = server.start(spec_file.fileno(), write_fd, log.fileno())
+            pid = server.start(spec_file.fileno(), write_fd, log.fileno(), q_read)
             os.close(write_fd)
-            write_fd = -1
+            os.close(q_read)
+            write_fd = q_read = -1
             try:
                 eof = False
                 exited_at = None
@@ -577,14 +828,16 @@ def run(spec: dict, timeout: float, uid: int, server: Server, max_report_bytes: 
                     if eof:
                         time.sleep(0.02)
                         continue
+                    talk.flush()
                     ready, _, _ = select.select([read_fd], [], [], 0.05)
                     if ready:
                         chunk = os.read(read_fd, 1 << 16)
                         if not chunk:
                             eof = True
-                        elif len(buffer) < max_report_bytes:
-                            buffer += chunk
+                        else:
+                            talk.feed(chunk)
             finally:  # also on Ctrl-C: nothing of the run survives it
+                talk.close()
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
@@ -599,19 +852,11 @@ def run(spec: dict, timeout: float, uid: int, server: Server, max_report_bytes: 
             log.seek(max(0, size - 4000))
             result.log = log.read().decode("utf-8", "replace")
     finally:
-        if write_fd >= 0:
-            os.close(write_fd)
-        os.close(read_fd)
+        talk.close()
+        for fd in (write_fd, q_read, read_fd):
+            if fd >= 0:
+                os.close(fd)
         shutil.rmtree(private, ignore_errors=True)
-    for line in buffer[:max_report_bytes].splitlines():
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):  # anything the submission wrote there is only data
-            continue
-        if isinstance(record, dict):
-            if record.get("event") == "sandbox" and result.sandbox is None and not result.records:
-                result.sandbox = record
-            result.records.append(record)
     return result
 
 
