@@ -342,6 +342,7 @@ class Grader:
         key = Path(key).resolve()
         if key not in self.exercises:
             self.exercises[key] = exercises.load(key)
+            self.server.prewarm |= set(self.exercises[key].unavailable)  # for a server started after this
         return self.exercises[key]
 
     def _sandbox_warnings(self, result: sandbox.RunResult) -> None:
@@ -492,7 +493,10 @@ def grade_batch(submissions: list[Path], key: Path | None = None, settings: Sett
     grader.hide = {Path(s).resolve().parent for s in submissions}
     reports = []
     try:
-        for path in dict.fromkeys(k for k, _ in keys if k is not None):
+        chosen = list(dict.fromkeys(k for k, _ in keys if k is not None))
+        for path in chosen:  # every exercise loaded before the sandbox's server starts (it imports what they list)
+            grader.exercise(path)
+        for path in chosen:
             grader.prepare(path)
         for submission, (path, problem) in zip(submissions, keys):
             report = grader.reject(submission, problem) if path is None else grader.grade(Path(submission), path)

@@ -246,14 +246,21 @@ def unavailable_message(name: str) -> str:
 
 
 def _stub(function, name: str) -> None:
-    """Swap ``function``'s code in place for one that raises (every reference to it now reaches the stub)."""
+    """Swap ``function``'s code in place for one that raises (every reference to it now reaches the stub).
+    The stub has the same free variables as the original (``__class__`` of a method that calls
+    ``super()``), which Python requires of a code object put into an existing function."""
+    message = unavailable_message(name).split(": ", 1)[1]
     while function is not None:
-        if function.__closure__:
-            raise ValueError(f"{name} is a closure; list the function it wraps instead")
+        free = function.__code__.co_freevars
+        text = "def factory():\n" + "".join(f"    {v} = None\n" for v in free) + \
+            "    def stub(*args, **kwargs):\n" + (f"        ({', '.join(free)},)\n" if free else "") + \
+            f"        raise RuntimeError({message!r})\n    return stub\n"
         scope: dict = {}
-        exec(f"def stub(*args, **kwargs):\n    raise RuntimeError({unavailable_message(name).split(': ', 1)[1]!r})",
-             scope)  # noqa: S102 - trusted text built here
-        function.__code__ = scope["stub"].__code__
+        exec(text, scope)  # noqa: S102 - trusted text built here
+        code = scope["factory"]().__code__
+        if code.co_freevars != free:
+            raise ValueError(f"{name}: cannot build a stub with the free variables {free}")
+        function.__code__ = code
         function = getattr(function, "__wrapped__", None)
 
 
@@ -308,7 +315,7 @@ def _make_unavailable(names: list[str]) -> tuple[list[str], list[str]]:
     hide: list[str] = []
     for name in names:
         top = name.split(".")[0]
-        if top != __name__.split(".")[0]:
+        if top != "mtml_lib":
             if any(m == top or m.startswith(top + ".") for m in sys.modules):
                 raise ValueError(f"{name} is already imported by the grader and cannot be made unavailable")
             hide += _package_paths(top)
@@ -453,16 +460,25 @@ def _run(spec: dict, out: _Out, questions_fd: int) -> None:
     out.write({"event": "done"})
 
 
-def _prewarm() -> None:
-    """Import, as trusted code and once per server, what every run needs (forked children share it)."""
+def _prewarm(names=()) -> None:
+    """Import, as trusted code and once per server, what every run needs (forked children share it), and
+    the modules of this package that hold ``names`` (an exercise's unavailable names), so that a run does
+    not import them again; stubbing happens in each run."""
+    import importlib
+
     import numpy  # noqa: F401
     import torch
 
     torch.set_num_threads(1)
-    for name in ("IPython.core.inputtransformer2", "mtml_lib.metrics", "mtml_lib.meta"):
+    modules = ["IPython.core.inputtransformer2", "mtml_lib.metrics", "mtml_lib.meta"]
+    for name in names:
+        parts = name.split(".")
+        if parts[0] == "mtml_lib":
+            modules += [".".join(parts[:cut]) for cut in range(len(parts), 1, -1)]
+    for name in modules:
         try:
-            __import__(name)
-        except Exception:  # noqa: BLE001 - a missing optional module is imported (or fails) in the run instead
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - not a module (an attribute's name), or imported (or failing) in the run
             pass
 
 
@@ -485,7 +501,7 @@ def _child(spec: dict, out: _Out) -> None:
         os._exit(code)  # no atexit hooks or finalisers of the submission after the report
 
 
-def serve(sock_fd: int) -> int:
+def serve(sock_fd: int, prewarm=()) -> int:
     """Fork server: imports torch once, then for each request (a spec, a result pipe, a log file and a
     questions pipe, sent as file descriptors over the socket) forks a child that starts a new session and runs :func:`_child`.
     Replies ``{"pid"}`` when the child started and ``{"pid", "status"}`` when it ended. The server itself
@@ -493,7 +509,7 @@ def serve(sock_fd: int) -> int:
     import socket
 
     sock = socket.socket(fileno=sock_fd)
-    _prewarm()
+    _prewarm(prewarm)
     sock.send(b'{"ready": true}')
     while True:
         try:
@@ -531,7 +547,7 @@ def serve(sock_fd: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--serve"]:
-        return serve(int(argv[1]))
+        return serve(int(argv[1]), [n for n in argv[2:3] for n in n.split(",") if n])
     raise SystemExit("usage: python -m mtml_lib.grading.sandbox --serve FD (started by the grader)")
 
 
@@ -717,6 +733,7 @@ class Server:
     def __init__(self):
         self.proc = None
         self.sock = None
+        self.prewarm: set[str] = set()  # unavailable names whose modules the server imports when it starts
 
     def _start(self) -> None:
         import socket
@@ -727,7 +744,7 @@ class Server:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "mtml_lib.grading.sandbox", "--serve",
-                                      str(theirs.fileno())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                      str(theirs.fileno()), ",".join(sorted(self.prewarm))], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd="/",
                                      start_new_session=True)
         theirs.close()
