@@ -283,7 +283,7 @@ class _RefreshingSampler:
 
     def key(self) -> dict:
         """What identifies the training stream (stored in a checkpoint, so another run's file is refused)."""
-        return {"info": {k: str(v) for k, v in self.data.info.items() if k != "draw"}, "classes": len(self.data),
+        return {"info": {k: str(v) for k, v in self.data.info.items() if k not in ("draw", "files")}, "classes": len(self.data),
                 "n_per_class": self.data.n_per_class, "image_shape": list(self.image_shape),
                 "refreshing": self.refreshing}
 
@@ -314,7 +314,7 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
     if verbose:
         print(f"{spec.name}:", flush=True)
     key = {"spec": as_dict(spec), "seed": int(seed), "data": sample.key(),
-           "val": {"classes": len(val_data), "info": {k: str(v) for k, v in val_data.info.items()}}}
+           "val": {"classes": len(val_data), "info": {k: str(v) for k, v in val_data.info.items() if k != "files"}}}
     history = meta_train(learner, sample, spec.iterations, spec.meta_batch, spec.meta_lr, log_every=spec.val_every,
                          cosine=spec.cosine, validate=validate, verbose=verbose, checkpoint=checkpoint,
                          key=json.dumps(key, sort_keys=True),

@@ -83,7 +83,7 @@ class ClassDataset:
             class_names=[self.class_names[i] for i in idx.tolist()],
             groups=[self.groups[i] for i in idx.tolist()],
             split=split or self.split,
-            info=dict(self.info),
+            info={k: v for k, v in self.info.items() if k != "files"},  # per-class file lists no longer line up
         )
 
     def describe(self) -> str:
