@@ -16,6 +16,17 @@ method          what is learned from the training tasks              how a new t
 ``maml``        an initialisation meta-learned for few-step updates   gradient steps on all parameters
 =============== ===================================================== =====================================
 
+Two controls separate the *representation* from the *head fitter*: ``multitask_gd`` is the multi-task
+trunk with a head fitted like ANIL's (gradient steps, from the mean of the training heads), and
+``anil_ridge`` is ANIL's meta-learned trunk with a head fitted like the multi-task one (regularised least
+squares towards a Gaussian prior, whose mean and covariance are those of heads fitted to the multi-task
+training tasks on ANIL's features).
+
+The prior: the heads ``w_j`` (weights and bias) of the training tasks are treated as draws from a
+Gaussian ``N(μ, Σ)``; with ``P = Σ⁻¹`` the new head minimises ``|Φ w − y|² + λ (w − μ)ᵀ P (w − μ)``,
+the MAP estimate under that prior when λ is the noise variance. Directions in which the training heads
+vary little are pinned near ``μ``; directions in which they vary a lot are left to the data.
+
 Fair comparison: every method gets the same adaptation budget (``adapt_steps`` plain gradient steps),
 and its step size (or, for ``multitask``, its ridge penalty) is chosen on *validation* tasks of the
 training family with ``select_k`` examples, never on the test tasks.
@@ -49,7 +60,9 @@ METHODS: dict[str, str] = {
     "scratch": "scratch",
     "joint": "joint pretraining",
     "multitask": "multi-task θ + new head",
+    "multitask_gd": "multi-task θ + gradient head",
     "anil": "ANIL",
+    "anil_ridge": "ANIL θ + ridge head",
     "maml": "MAML",
 }
 _VAL_SEED_OFFSET, _TEST_SEED_OFFSET = 20_000, 30_000
@@ -67,7 +80,7 @@ def train_multitask(settings, seed: int = 0, device: torch.device | str = "cpu",
     sinusoid tasks of ``settings.mt_points`` examples each, full batch, with the multi-task trainer."""
     torch.manual_seed(seed)
     width = settings.hidden[-1]
-    data = SinusoidTasks().sample(settings.mt_tasks, settings.mt_points, 1, torch.Generator().manual_seed(seed))
+    data = training_tasks(settings, seed)
     names = [f"task{i:04d}" for i in range(settings.mt_tasks)]
     tasks = [Task(name, head=lambda: nn.Linear(width, 1), loss=mse_loss) for name in names]
     model = MultiTaskModel(trunk(settings.hidden), tasks).to(device)
@@ -77,15 +90,24 @@ def train_multitask(settings, seed: int = 0, device: torch.device | str = "cpu",
     return model, trainer.fit(batch, settings.mt_epochs)
 
 
-def head_prior(model: MultiTaskModel, jitter: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean ``(F + 1,)`` and precision ``(F + 1, F + 1)`` of the trained heads ``[weight, bias]``.
+def training_tasks(settings, seed: int = 0) -> TaskBatch:
+    """The fixed training tasks of the multi-task trunk: ``settings.mt_tasks`` sinusoids with
+    ``settings.mt_points`` examples each (in ``support_x``/``support_y``)."""
+    return SinusoidTasks().sample(settings.mt_tasks, settings.mt_points, 1, torch.Generator().manual_seed(seed))
+
+
+def head_prior(heads: MultiTaskModel | torch.Tensor, jitter: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(F + 1,)`` and precision ``(F + 1, F + 1)`` of the training heads ``[weight, bias]``: those of a
+    :class:`MultiTaskModel`, or the rows of a tensor ``(N, F + 1)`` (e.g. from :func:`fitted_heads`).
 
     The heads of the training tasks show which read-outs of θ's features tasks of this family use; a new
     head is fitted towards them (:func:`ridge_heads`). ``jitter`` (relative to the mean variance) keeps
     the covariance invertible when there are fewer heads than features.
     """
-    heads = torch.stack([torch.cat([h.weight.detach().reshape(-1), h.bias.detach().reshape(-1)])
-                         for h in model.heads.values()]).double()
+    if isinstance(heads, MultiTaskModel):
+        heads = torch.stack([torch.cat([h.weight.detach().reshape(-1), h.bias.detach().reshape(-1)])
+                             for h in heads.heads.values()])
+    heads = heads.detach().double()
     if heads.shape[0] < 2:
         raise ValueError(f"a head prior needs at least 2 trained heads, got {heads.shape[0]}")
     mean = heads.mean(0)
@@ -123,23 +145,32 @@ def ridge_heads(features: torch.Tensor, targets: torch.Tensor, ridge: float,
     return torch.linalg.solve(gram, rhs)
 
 
-def ridge_predict(model: MultiTaskModel, support_x: torch.Tensor, support_y: torch.Tensor, x: torch.Tensor,
+def _features(trunk: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The frozen trunk's features ``(T, n, F)`` of inputs ``(T, n, 1)``."""
+    return trunk(inputs.flatten(0, 1)).unflatten(0, inputs.shape[:2])
+
+
+@torch.no_grad()
+def fitted_heads(trunk: nn.Module, tasks: TaskBatch, ridge: float = 1e-3) -> torch.Tensor:
+    """Heads ``(T, F + 1)`` fitted by plain ridge regression on ``trunk``'s features of each task's support
+    set: the training heads of a trunk that was not trained with one head per task (ANIL's)."""
+    return ridge_heads(_features(trunk, tasks.support_x), tasks.support_y, ridge).squeeze(-1)
+
+
+def ridge_predict(trunk: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, x: torch.Tensor,
                   ridge: float, prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Predictions ``(T, n, 1)`` at ``x`` ``(T, n, 1)`` of new heads fitted by :func:`ridge_heads` on the frozen
-    trunk's features of each task's support set."""
-    def features(inputs):
-        return model.shared(inputs.flatten(0, 1)).unflatten(0, inputs.shape[:2])
-
+    ``trunk``'s features (``(n, 1) -> (n, F)``) of each task's support set."""
     with torch.no_grad():
-        w = ridge_heads(features(support_x), support_y, ridge, prior)
-        feat = features(x)
+        w = ridge_heads(_features(trunk, support_x), support_y, ridge, prior)
+        feat = _features(trunk, x)
         return (torch.cat([feat, torch.ones_like(feat[..., :1])], dim=-1).double() @ w).to(x.dtype)
 
 
-def ridge_mse(model: MultiTaskModel, batch: TaskBatch, ridge: float,
+def ridge_mse(trunk: nn.Module, batch: TaskBatch, ridge: float,
               prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Query MSE ``(T,)`` of new tasks fitted by :func:`ridge_predict`."""
-    prediction = ridge_predict(model, batch.support_x, batch.support_y, batch.query_x, ridge, prior)
+    prediction = ridge_predict(trunk, batch.support_x, batch.support_y, batch.query_x, ridge, prior)
     return ((prediction.double() - batch.query_y.double()) ** 2).mean(dim=(1, 2)).float()
 
 
@@ -154,7 +185,8 @@ class Method:
     history: object = None
     step_size: float | None = None  # chosen on validation tasks (gradient rules)
     ridge: float | None = None  # chosen on validation tasks (ridge rule)
-    prior: tuple[torch.Tensor, torch.Tensor] | None = None  # the trained heads' mean and precision (ridge rule)
+    prior: tuple[torch.Tensor, torch.Tensor] | None = None  # the training heads' mean and precision (ridge rule)
+    trunk: nn.Module | None = None  # the frozen feature map the ridge rule fits a head on
 
     @property
     def label(self) -> str:
@@ -167,36 +199,65 @@ class Method:
     def mse(self, batch: TaskBatch, steps: int, step_size: float | None = None, ridge: float | None = None) -> torch.Tensor:
         """Query MSE ``(T,)`` after adapting to each task's support set (non-finite where fitting diverged)."""
         if self.rule == "ridge":
-            return ridge_mse(self.model, batch, self.ridge if ridge is None else ridge, self.prior)
+            return ridge_mse(self.trunk, batch, self.ridge if ridge is None else ridge, self.prior)
         lr = self.step_size if step_size is None else step_size
         return self.learner(lr).evaluate(batch, steps, allow_nonfinite=True).loss[-1]
 
     def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, x: torch.Tensor, steps: int) -> torch.Tensor:
         """Predictions ``(T, n, 1)`` at ``x`` after adapting to each task's support set (chosen settings)."""
         if self.rule == "ridge":
-            return ridge_predict(self.model, support_x, support_y, x, self.ridge, self.prior)
+            return ridge_predict(self.trunk, support_x, support_y, x, self.ridge, self.prior)
         learner = self.learner(self.step_size)
         return learner.predict(learner.adapt(support_x, support_y, steps), x)
 
 
 def train_methods(settings, seed: int = 0, methods: Iterable[str] = tuple(METHODS), device: torch.device | str = "cpu",
                   log: Callable[[str], None] | None = print) -> dict[str, Method]:
-    """Train every method of ``methods`` on the sinusoid family with the profile ``settings``."""
-    trained: dict[str, Method] = {}
+    """Train every method of ``methods`` on the sinusoid family with the profile ``settings``.
+
+    The controls reuse a trunk: ``multitask_gd`` the multi-task one, ``anil_ridge`` ANIL's (trained here
+    once if their parent method is not in ``methods``)."""
+    methods = list(methods)
     for name in methods:
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    trained: dict[str, Method] = {}
+    parents: dict[str, Method] = {}
+
+    def parent(name: str) -> Method:
+        if name not in parents:
+            if name == "multitask":
+                model, history = train_multitask(settings, seed, device)
+                parents[name] = Method(name, model, "ridge", history, prior=head_prior(model), trunk=model.shared)
+            else:
+                result = train_method(name, settings, seed, device)
+                parents[name] = Method(name, result.learner.model, "head", result.history)
+        return parents[name]
+
+    for name in methods:
         if name == "scratch":
             torch.manual_seed(seed)
             trained[name] = Method(name, MLP([1, *settings.hidden, 1]).to(device), "all")
-        elif name == "multitask":
-            model, history = train_multitask(settings, seed, device)
-            trained[name] = Method(name, model, "ridge", history, prior=head_prior(model))
+        elif name in ("multitask", "anil"):
+            trained[name] = parent(name)
+        elif name == "multitask_gd":
+            mt = parent("multitask")
+            head = nn.Linear(settings.hidden[-1], 1).to(device)
+            with torch.no_grad():  # start from the mean training head, the centre of the ridge rule's prior
+                head.weight.copy_(mt.prior[0][:-1].view(1, -1))
+                head.bias.copy_(mt.prior[0][-1:])
+            trained[name] = Method(name, nn.Sequential(mt.model.shared, head), "head", mt.history)
+        elif name == "anil_ridge":
+            anil = parent("anil")
+            body = nn.Sequential(*list(anil.model)[:-1])  # every layer but the meta-learned head: (n, hidden[-1])
+            heads = fitted_heads(body, training_tasks(settings, seed).to(device))
+            trained[name] = Method(name, anil.model, "ridge", anil.history, prior=head_prior(heads), trunk=body)
         else:
             result = train_method("pretrained" if name == "joint" else name, settings, seed, device)
-            trained[name] = Method(name, result.learner.model, "head" if name == "anil" else "all", result.history)
+            trained[name] = Method(name, result.learner.model, "all", result.history)
         if log is not None:
-            log(f"trained {METHODS[name]}")
+            log(f"trained {METHODS[name]}" if name not in ("multitask_gd", "anil_ridge") else
+                f"built {METHODS[name]} (control: the trained trunk with the other head fitter)")
     return trained
 
 
@@ -311,7 +372,8 @@ def plot_fits(methods: dict[str, Method], settings, k_shot: int = 5, seed: int =
         ax.set_title(TEST_FAMILIES[family][0], fontsize="small")
         ax.set_xlabel("x")
     axes[0].set_ylabel("y")
-    axes[0].legend(fontsize="x-small")
+    handles, labels = axes[0].get_legend_handles_labels()  # below the panels, where it hides no curve
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize="small", frameon=False)
     return fig
 
 
@@ -332,5 +394,104 @@ def plot_curves(curves: Curves) -> plt.Figure:
         ax.set_xlabel("examples of the new task K")
         ax.set_title(TEST_FAMILIES[family][0], fontsize="small")
     axes[0].set_ylabel("test MSE after adaptation")
-    axes[0].legend(fontsize="x-small")
+    for ax in axes:
+        plain_log_axis(ax, "y")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize="small", frameon=False)
     return fig
+
+
+# ------------------------------------------------------------------------------------ the reading, in words
+def average_task_check(method: Method, families: Iterable[str] = ("sinusoid", "unseen_phase"), n_points: int = 201
+                       ) -> dict[str, dict[str, float]]:
+    """Where a method starts before any adaptation, against each sinusoid family's average task.
+
+    Per family: ``start_to_average``, the RMS distance on a grid over [-5, 5] between the method's
+    unadapted prediction and the family's mean function (:meth:`SinusoidTasks.mean_function`);
+    ``start_to_zero``, its RMS distance to the flat line y = 0; ``cos_coefficient``, the family average's
+    coefficient c in ``c cos x`` (zero when the phase range is symmetric about a multiple of π).
+    """
+    grid = torch.linspace(-5.0, 5.0, n_points).view(-1, 1)
+    device = next(method.model.parameters()).device
+    with torch.no_grad():
+        start = method.model(grid.to(device)).cpu()
+    out = {}
+    for family in families:
+        dist = task_family(family)
+        if not isinstance(dist, SinusoidTasks):
+            raise ValueError(f"average_task_check needs a sinusoid family, got {family!r}")
+        average = dist.mean_function(grid)
+        out[family] = {"start_to_average": float(((start - average) ** 2).mean().sqrt()),
+                       "start_to_zero": float((start**2).mean().sqrt()),
+                       "cos_coefficient": float(dist.mean_function(torch.zeros(1)))}
+    return out
+
+
+def describe_results(curves: Curves, k: int, checks: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
+    """The reading of notebook 05's table at support size ``k`` as Markdown bullets, every number from
+    ``curves`` (and from ``checks``, ``{method: average_task_check(...)}`` of the joint model and scratch,
+    when given)."""
+    i = curves.k_shots.index(k)
+    present = set(next(iter(curves.mse.values())))
+
+    def m(family: str, method: str, at: int = i) -> float:
+        mean, _, _ = curves.summary(family, method)
+        return float(mean[at])
+
+    def text(family: str, method: str, at: int = i) -> str:
+        mean, ci, diverged = curves.summary(family, method)
+        extra = f", {diverged[at]:.0%} diverged" if diverged[at] > 0 else ""
+        return f"{METHODS[method]} {mean[at]:.3f} ± {ci[at]:.3f}{extra}"
+
+    lines = []
+    if "sinusoid" in curves.mse:
+        ranked = sorted(present, key=lambda name: m("sinusoid", name))
+        beat = [name for name in present if name != "scratch" and m("sinusoid", name) < m("sinusoid", "scratch")]
+        lines.append(f"- **Same family, K = {k}.** Ranked: " + "; ".join(text("sinusoid", n) for n in ranked)
+                     + f". {len(beat)} of the {len(present) - 1} learned starts beat scratch.")
+    if {"multitask", "multitask_gd", "anil", "anil_ridge"} <= present and "sinusoid" in curves.mse:
+        fam = "sinusoid"
+        head_effect = (m(fam, "multitask_gd") / m(fam, "multitask"), m(fam, "anil") / m(fam, "anil_ridge"))
+        trunk_effect = (m(fam, "anil_ridge") / m(fam, "multitask"), m(fam, "anil") / m(fam, "multitask_gd"))
+        lines.append(
+            "- **Representation or head fitter?** With the same ridge head (Gaussian prior from training heads), "
+            f"the multi-task trunk reaches {m(fam, 'multitask'):.3f} and ANIL's trunk {m(fam, 'anil_ridge'):.3f}; with "
+            f"the same {'gradient-step'} head, {m(fam, 'multitask_gd'):.3f} and {m(fam, 'anil'):.3f}. Changing the head "
+            f"fitter changes the error by a factor {min(head_effect):.0f} to {max(head_effect):.0f} on either trunk; "
+            f"changing the trunk at a fixed fitter by a factor {min(trunk_effect):.2f} to {max(trunk_effect):.2f}. "
+            + ("The closed-form head, not the multi-task representation, is what makes the frozen trunk so "
+               "sample-efficient here." if min(head_effect) > max(max(trunk_effect), 1 / min(trunk_effect)) else
+               "Both the representation and the head fitter matter here."))
+    for family in ("large_amplitude", "unseen_phase"):
+        if family not in curves.mse or "sinusoid" not in curves.mse:
+            continue
+        ridge = [n for n in ("multitask", "anil_ridge") if n in present]
+        grad = [n for n in ("joint", "anil", "maml", "multitask_gd") if n in present]
+        lines.append(
+            f"- **{TEST_FAMILIES[family][0]}.** Ridge heads on frozen trunks: "
+            + ", ".join(f"{METHODS[n]} {m('sinusoid', n):.3f} → {m(family, n):.3f}" for n in ridge)
+            + " (same family → this one); gradient-based starts: "
+            + ", ".join(f"{METHODS[n]} {m('sinusoid', n):.3f} → {m(family, n):.3f}" for n in grad)
+            + f"; scratch {m(family, 'scratch'):.3f}.")
+    if checks and {"joint", "scratch"} <= set(checks) and "unseen_phase" in curves.mse:
+        train, test = checks["joint"]["sinusoid"], checks["joint"]["unseen_phase"]
+        fresh = checks["scratch"]["unseen_phase"]
+        worse = m("unseen_phase", "joint") > m("unseen_phase", "scratch")
+        lines.append(
+            f"- **Why joint pretraining {'loses to' if worse else 'barely beats'} scratch on unseen phases** "
+            f"({m('unseen_phase', 'joint'):.3f} vs {m('unseen_phase', 'scratch'):.3f}). The joint model starts near "
+            f"the training family's average task, {train['cos_coefficient']:+.2f} cos x (RMS distance "
+            f"{train['start_to_average']:.2f}; to the flat line y = 0: {train['start_to_zero']:.2f}). The average of the "
+            f"unseen-phase family is the opposite, {test['cos_coefficient']:+.2f} cos x. A start's squared distance to "
+            f"a family's average adds to its error on that family's tasks: the joint start lies {test['start_to_average']:.2f} "
+            f"from it, a fresh network {fresh['start_to_average']:.2f}, so the joint model's steps start further away.")
+    if "line" in curves.mse:
+        last = len(curves.k_shots) - 1
+        ranked = sorted(present, key=lambda name: m("line", name))
+        ranked_last = sorted(present, key=lambda name: m("line", name, last))
+        lines.append(
+            f"- **{TEST_FAMILIES['line'][0]}.** At K = {k}: " + "; ".join(text("line", n) for n in ranked[:3])
+            + f" lead. At K = {curves.k_shots[last]}: " + "; ".join(text("line", n, last) for n in ranked_last[:3])
+            + ". Features built for sin and cos on [-5, 5] are a bet on shared structure: notebook 01 showed the "
+              "same for linear tasks.")
+    return "\n".join(lines)

@@ -244,3 +244,24 @@ def test_late_gains_measure_what_the_last_epochs_added(tiny_data):
     assert gains[(gains.task == "depth")].gain.item() == pytest.approx(expected)
     with pytest.raises(ValueError, match="fraction"):
         cs.late_gains(study, fraction=1.0)
+
+
+def test_describe_results_follows_the_record():
+    def row(acc, miou, err, dm, t):
+        return {"cls/accuracy": acc, "seg/miou": miou, "depth/abs_err": err, "delta_m": dm, "time_s": t,
+                "delta_m/cls": 2.0, "delta_m/seg": -5.0, "delta_m/depth": -dm}
+    record = {"settings": {"seeds": [0], "epochs": 3},
+              "mean": {cs.STL: row(0.70, 0.50, 0.10, 0.0, 30.0), "ew": row(0.75, 0.40, 0.12, -8.0, 10.0),
+                       "rlw": row(0.69, 0.45, 0.09, -2.0, 10.0), "mgda": row(0.72, 0.42, 0.11, -4.0, 25.0)},
+              "paired_vs_ew": [{"method": m, "column": "delta_m", "diff": d, "half": float("nan"),
+                                "distinguishable": False, "better": d > 0} for m, d in (("rlw", 6.0), ("mgda", 4.0))],
+              "late_gain": [{"method": cs.STL, "task": "cls", "seed": 0, "metric": "cls/accuracy", "gain": 1.5},
+                            {"method": "ew", "task": "all", "seed": 0, "metric": "delta_m", "gain": 0.5}],
+              "uw_final_weights": {"cls": 0.5, "depth": 1.5}}
+    text = cs.describe_results(record)
+    assert "2 of the 3 strategies beat the single-task classifier (70.0 % test accuracy)" in text
+    assert "RLW loses 1.0 points" in text and "better with RLW" in text  # depth 0.09 < 0.10
+    assert "One seed" in text and "RLW +6.0" in text
+    assert "2.5 times EW's training time" in text  # MGDA, the only gradient-based strategy
+    assert "1 to 0.50 (cls), 0.5 to 1.50 (depth)" in text and "depth's, a factor 3.00" in text
+    assert "1.5 accuracy points" in text

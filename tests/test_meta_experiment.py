@@ -50,3 +50,15 @@ def test_head_step_curvature_of_a_linear_model():
 def test_unknown_method_raises():
     with pytest.raises(ValueError, match="unknown method 'mamal'.*'maml'"):
         ex.train_method("mamal", PROFILES["smoke"])
+
+
+def test_describe_results_quotes_the_table_and_the_curvatures():
+    curves = {m: torch.full((11, 4), v) for m, v in
+              (("maml", 0.5), ("fomaml", 0.7), ("anil", 0.9), ("metasgd", 0.3), ("reptile", 0.8), ("pretrained", 2.0))}
+    curves["metasgd"][10, 0] = float("nan")
+    table = ex.results_table(curves, steps=(1, 10))
+    curvature = {"maml": torch.tensor([0.2, 0.3]), "anil": torch.tensor([1.0, 2.5])}
+    text = ex.describe_results(table, curvature, test_steps=10)
+    assert "a ratio of 0.25" in text and "above MAML by 0.200" in text
+    assert "above 2 on 1 of 2 test tasks (MAML: 0)" in text
+    assert "the best of all methods" in text and "diverged on 1 of the test tasks" in text

@@ -50,3 +50,15 @@ def test_bad_arguments_raise():
         SinusoidTasks().sample(0, 5)
     with pytest.raises(ValueError, match=r"amplitude must be a finite range.*\(5.0, 0.1\)"):
         SinusoidTasks(amplitude=(5.0, 0.1))
+
+
+def test_mean_function_is_the_family_average_in_closed_form():
+    x = torch.linspace(-5, 5, 11, dtype=torch.float64)
+    paper = SinusoidTasks()
+    torch.testing.assert_close(paper.mean_function(x), -(2 / math.pi) * 2.55 * torch.cos(x))
+    shifted = SinusoidTasks(phase=(math.pi, 2 * math.pi))
+    torch.testing.assert_close(shifted.mean_function(x), (2 / math.pi) * 2.55 * torch.cos(x))
+    batch = paper.sample(100_000, 1, 1, torch.Generator().manual_seed(0), torch.float64)
+    grid = x.view(1, -1, 1).expand(100_000, -1, -1)
+    monte_carlo = SinusoidTasks.function(batch.info["amplitude"], batch.info["phase"], grid).mean(0).flatten()
+    assert (monte_carlo - paper.mean_function(x)).abs().max() < 0.03

@@ -81,3 +81,35 @@ def test_curves_table_and_unknown_method(small):
         ts.results_table(curves, k=7)
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         ts.train_methods(small, methods=("magic",), log=None)
+
+
+def test_controls_swap_the_head_fitter_of_a_trunk(small):
+    torch.set_num_threads(1)
+    methods = ts.train_methods(small, seed=0, methods=("multitask", "multitask_gd", "anil_ridge"), log=None)
+    assert methods["multitask_gd"].rule == "head" and methods["anil_ridge"].rule == "ridge"
+    assert methods["multitask_gd"].model[0] is methods["multitask"].model.shared  # the same trunk, not a copy
+    chosen = ts.select_settings(methods, small, seed=0)
+    assert chosen["anil_ridge"] in small.ridge_grid and chosen["multitask_gd"] in small.step_size_grid
+    batch = ts.sample_tasks("sinusoid", 5, 4, 7, seed=3)
+    # no step: the gradient head predicts with the training heads' mean, as the ridge rule does at a huge penalty
+    start = methods["multitask_gd"].predict(batch.support_x, batch.support_y, batch.query_x, steps=0)
+    ridge = ts.ridge_predict(methods["multitask"].trunk, batch.support_x, batch.support_y, batch.query_x, 1e9,
+                             methods["multitask"].prior)
+    torch.testing.assert_close(start, ridge, rtol=1e-4, atol=1e-4)
+    mean, _ = methods["anil_ridge"].prior
+    assert mean.shape == (small.hidden[-1] + 1,)
+
+
+def test_average_task_check_and_the_reading(small):
+    methods = ts.train_methods(small, seed=0, methods=("scratch", "joint"), log=None)
+    checks = {name: ts.average_task_check(methods[name]) for name in methods}
+    assert checks["joint"]["sinusoid"]["cos_coefficient"] == pytest.approx(-2 / math.pi * 2.55, rel=1e-5)
+    assert checks["joint"]["unseen_phase"]["cos_coefficient"] == pytest.approx(2 / math.pi * 2.55, rel=1e-5)
+    with pytest.raises(ValueError, match="needs a sinusoid family"):
+        ts.average_task_check(methods["joint"], families=("line",))
+    curves = ts.Curves((5, 10), {f: {"scratch": torch.full((2, 3), 4.0), "joint": torch.full((2, 3), 5.0)}
+                                 for f in ("sinusoid", "unseen_phase", "line")})
+    text = ts.describe_results(curves, k=10, checks=checks)
+    assert "0 of the 1 learned starts beat scratch" in text
+    assert "Why joint pretraining loses to scratch on unseen phases** (5.000 vs 4.000)" in text
+    assert "+1.62 cos x" in text and "-1.62 cos x" in text

@@ -46,7 +46,7 @@ TEST_FAMILIES: dict[str, tuple[str, SinusoidTasks | LineTasks]] = {
     "sinusoid": ("same family: A ~ U[0.1, 5], φ ~ U[0, π]", SinusoidTasks()),
     "large_amplitude": ("larger amplitudes: A ~ U[5, 10]", SinusoidTasks(amplitude=(5.0, 10.0))),
     "unseen_phase": ("unseen phases: φ ~ U[π, 2π]", SinusoidTasks(phase=(math.pi, 2 * math.pi))),
-    "line": ("another family: y = a x + b", LineTasks()),
+    "line": ("another family: y = a x + b, a ~ U[-1, 1], b ~ U[-3, 3]", LineTasks()),
 }
 
 

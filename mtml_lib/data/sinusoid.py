@@ -74,6 +74,17 @@ class SinusoidTasks:
         generator = torch.Generator().manual_seed(seed)
         return lambda n_tasks: self.sample(n_tasks, k_support, k_query, generator, dtype)
 
+    def mean_function(self, x: torch.Tensor) -> torch.Tensor:
+        """The family's average task ``E[A sin(x − φ)]`` at ``x`` (any shape), in closed form.
+
+        A and φ are independent and uniform, so the mean is ``E[A] · E[sin(x − φ)]`` with
+        ``E[sin(x − φ)] = (cos(x − φ_hi) − cos(x − φ_lo)) / (φ_hi − φ_lo)``. For the paper's ranges
+        (φ ~ U[0, π]) this is ``−(2/π) E[A] cos x ≈ −1.62 cos x``; for φ ~ U[π, 2π] it is ``+(2/π) E[A] cos x``.
+        """
+        lo, hi = self.phase
+        mean_amplitude = (self.amplitude[0] + self.amplitude[1]) / 2
+        return mean_amplitude * (torch.cos(x - hi) - torch.cos(x - lo)) / (hi - lo)
+
     def grid(self, n_points: int = 200, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``n_points`` evenly spaced inputs over ``x_range``, shape ``(n_points, 1)`` (for plots)."""
         return torch.linspace(*self.x_range, n_points, dtype=dtype).unsqueeze(-1)

@@ -195,3 +195,57 @@ def head_step_curvature(learner: MetaLearner, batch: TaskBatch) -> torch.Tensor:
         h = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
         hessian = 2.0 * h.transpose(1, 2) @ h / h.shape[1]
         return learner.inner_lr * torch.linalg.eigvalsh(hessian)[:, -1]
+
+
+def describe_results(table: pd.DataFrame, curvature: dict[str, torch.Tensor], test_steps: int) -> str:
+    """The reading of the comparison table of notebook 03 as Markdown bullets, every number from ``table``
+    (:func:`results_table` with steps ``(1, test_steps)``) and ``curvature`` (method -> the ``α·λ_max`` per
+    test task of :func:`head_step_curvature`), so that the words follow the run that made them."""
+    one, many = "MSE 1 step", f"MSE {test_steps} steps"
+
+    def mse(method: str, column: str) -> str:
+        row = table.loc[METHODS[method]]
+        steps = 1 if column == one else test_steps
+        if row[f"diverged {steps}"]:
+            return f"diverged on {int(row[f'diverged {steps}'])} of the test tasks"
+        return f"{row[column]:.3f} ± {row[f'± CI {steps}']:.3f}"
+
+    def value(method: str, column: str) -> float:
+        return float(table.loc[METHODS[method], column])
+
+    lines = []
+    ratio = value("maml", one) / value("pretrained", one)
+    lines.append(
+        f"- **MAML vs pretrained.** After one step MAML's test MSE is {mse('maml', one)}, the pretrained model's "
+        f"{mse('pretrained', one)}: a ratio of {ratio:.2f}. After {test_steps} steps: {mse('maml', many)} against "
+        f"{mse('pretrained', many)}. The pretrained model starts from the family's average task (measured above); "
+        "MAML's initialisation is built for the step.")
+    fo = value("fomaml", one) - value("maml", one)
+    lines.append(
+        f"- **The second-order term.** FOMAML drops the Hessian term: {mse('fomaml', one)} after one step, "
+        f"{'above' if fo > 0 else 'below'} MAML by {abs(fo):.3f}"
+        + (" (the intervals overlap)" if abs(fo) < table.loc[METHODS['maml'], '± CI 1'] + table.loc[METHODS['fomaml'], '± CI 1'] else "")
+        + f"; after {test_steps} steps {mse('fomaml', many)}.")
+    if "anil" in curvature:
+        r = curvature["anil"]
+        lines.append(
+            f"- **ANIL** adapts only the last layer: {mse('anil', one)} after one step, {mse('anil', many)} after "
+            f"{test_steps}. Its features give the head a curvature α·λ_max with median {float(r.median()):.2f} "
+            f"(one step of size α is nearly a Newton step for the head when it is near 1) and above 2 on "
+            f"{int((r > 2).sum())} of {len(r)} test tasks"
+            + (f" (MAML: {int((curvature['maml'] > 2).sum())})" if "maml" in curvature else "")
+            + ": there gradient descent on the head overshoots further at every step, which widens its "
+              f"{test_steps}-step interval.")
+    best_one = table[one].idxmin()
+    lines.append(
+        f"- **Meta-SGD** learns one step size per weight: {mse('metasgd', one)} after one step "
+        f"({'the best of all methods' if best_one == METHODS['metasgd'] else 'best: ' + best_one}), "
+        f"{mse('metasgd', many)} after {test_steps} steps: its step sizes are tuned for the single inner step it "
+        "was trained with.")
+    gap_one = value("reptile", one) - value("maml", one)
+    lines.append(
+        f"- **Reptile** never looks at a query loss: {mse('reptile', one)} after one step ({gap_one:+.3f} against "
+        f"MAML) and {mse('reptile', many)} after {test_steps}"
+        + (f" ({value('reptile', many) - value('maml', many):+.3f} against MAML)." if not table.loc[METHODS['reptile'], f'diverged {test_steps}']
+           and not table.loc[METHODS['maml'], f'diverged {test_steps}'] else "."))
+    return "\n".join(lines)

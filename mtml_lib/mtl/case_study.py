@@ -602,8 +602,12 @@ def mask_image(mask: torch.Tensor) -> torch.Tensor:
 
 def plot_scenes(split: shapes.ShapesSplit, n: int, predictions: dict[str, dict[str, torch.Tensor]] | None = None):
     """A grid with one column per image: the image (titled with its label), its mask and depth map, and
-    optionally rows of predicted masks/depths (``{row title: {"seg": (n, H, W), "depth": (n, H, W)}}``)."""
+    optionally rows of predicted masks/depths (``{row title: {"seg": (n, H, W), "depth": (n, H, W)}}``).
+    A legend below names the mask colours; a colour bar gives the depth scale."""
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
 
     rows: list[tuple[str, Callable[[int], tuple[Any, dict]]]] = [
         ("image", lambda i: (split.images[i].permute(1, 2, 0), {})),
@@ -616,7 +620,8 @@ def plot_scenes(split: shapes.ShapesSplit, n: int, predictions: dict[str, dict[s
         if "depth" in pred:
             rows.append((f"{title}\ndepth", lambda i, p=pred: (p["depth"][i], {"cmap": "viridis_r", "vmin": 1.0,
                                                                                  "vmax": shapes.BACKGROUND_DEPTH})))
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.45 * n + 0.8, 1.45 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.45 * n + 1.6, 1.45 * len(rows) + 0.5), squeeze=False,
+                             layout="constrained")
     for r, (title, picture) in enumerate(rows):
         for i in range(n):
             ax = axes[r, i]
@@ -628,7 +633,14 @@ def plot_scenes(split: shapes.ShapesSplit, n: int, predictions: dict[str, dict[s
             if r == 0:
                 ax.set_title(shapes.CATEGORIES[int(split.labels[i])], fontsize="small")
         axes[r, 0].set_ylabel(title, fontsize="small")
-    fig.tight_layout(pad=0.3)
+    depth_axes = [ax for r, (title, _) in enumerate(rows) if title.endswith("depth") for ax in axes[r]]
+    scale = ScalarMappable(Normalize(1.0, shapes.BACKGROUND_DEPTH), cmap="viridis_r")
+    fig.colorbar(scale, ax=depth_axes, label="depth", shrink=0.9, aspect=12 * len(depth_axes) // n)
+    names = ("background", *shapes.CATEGORIES, "ignored (255)")
+    colours = (*MASK_COLOURS, "white")
+    handles = [Patch(facecolor=c, edgecolor="0.4", label=name) for name, c in zip(names, colours)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="x-small", title="mask classes",
+               title_fontsize="x-small", frameon=False)
     return fig
 
 
@@ -757,3 +769,120 @@ def plot_toy_directions(grads: torch.Tensor, c: float = 0.4):
     ax.legend(fontsize="small", loc="lower left")
     fig.tight_layout()
     return fig, directions
+
+
+# ---------------------------------------------------------------------------------- the reading, in words
+#: strategies that combine per-task gradients (one backward pass per task through the encoder)
+GRADIENT_BASED: tuple[str, ...] = ("gradnorm", "pcgrad", "mgda", "cagrad")
+
+
+def _label(method: str) -> str:
+    from mtml_lib.plotting import canonical_method
+
+    return canonical_method(method)
+
+
+def _span(values, fmt: str = "{:.1f}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if abs(hi - lo) < 1e-12 else f"{fmt.format(lo)} to {fmt.format(hi)}"
+
+
+def describe_results(record: dict[str, Any]) -> str:
+    """The reading of one run of notebook 02 as Markdown bullets, every number taken from ``record``
+    (the dict the notebook writes to ``results/<profile>/02_multitask_cls_seg.json``: ``mean``,
+    ``paired_vs_ew``, ``late_gain``, ``settings`` and, when recorded, ``uw_final_weights``), so that the
+    words follow the profile and the seeds that produced the numbers."""
+    mean, settings = record["mean"], record["settings"]
+    strategies = [m for m in mean if m != STL]
+    stl = mean[STL]
+    n_seeds = len(settings["seeds"])
+    lines = []
+
+    acc = {m: 100 * (mean[m]["cls/accuracy"] - stl["cls/accuracy"]) for m in strategies}
+    gain = [m for m in strategies if acc[m] > 0]
+    loss = [m for m in strategies if acc[m] <= 0]
+    text = (f"- **Classification.** {len(gain)} of the {len(strategies)} strategies beat the single-task classifier "
+            f"({100 * stl['cls/accuracy']:.1f} % test accuracy)")
+    if gain:
+        best = sorted(gain, key=acc.get, reverse=True)[:2]
+        text += (f", by {_span([acc[m] for m in gain])} points (best: "
+                 + ", ".join(f"{_label(m)} {100 * mean[m]['cls/accuracy']:.1f} %" for m in best) + ")")
+    if loss:
+        text += "; " + ", ".join(f"{_label(m)} loses {-acc[m]:.1f}" for m in loss) + " points"
+    lines.append(text + ". The shared encoder also learns from the per-pixel segmentation and depth losses; this "
+                 "run does not isolate whether that is the cause.")
+
+    miou = {m: 100 * mean[m]["seg/miou"] for m in strategies}
+    err = {m: 100 * (mean[m]["depth/abs_err"] / stl["depth/abs_err"] - 1) for m in strategies}
+    seg_better = [m for m in strategies if miou[m] > 100 * stl["seg/miou"]]
+    depth_better = [m for m in strategies if err[m] < 0]
+    lines.append(
+        f"- **Segmentation and depth.** mIoU goes from the single-task {100 * stl['seg/miou']:.1f} % to "
+        f"{_span(miou.values())} % ({'better with ' + ', '.join(map(_label, seg_better)) if seg_better else 'lower under every strategy'}); "
+        f"the depth error from {stl['depth/abs_err']:.3f} to {_span([mean[m]['depth/abs_err'] for m in strategies], '{:.3f}')} "
+        f"({_span(err.values(), '{:+.0f}')} % relative; "
+        f"{'better with ' + ', '.join(map(_label, depth_better)) if depth_better else 'worse under every strategy'}).")
+
+    dm = {m: mean[m]["delta_m"] for m in strategies}
+    ranked = sorted(strategies, key=dm.get, reverse=True)
+    below = sum(dm[m] < 0 for m in strategies)
+    terms = {t: sum(abs(mean[m][f"delta_m/{t}"]) for m in strategies) / len(strategies) for t in TASKS}
+    largest = max(terms, key=terms.get)
+    by_task = sorted(strategies, key=lambda m: mean[m][f"delta_m/{largest}"], reverse=True)[:2]
+    lines.append(
+        f"- **Δm%** folds the trade-off into one number: {below} of {len(strategies)} strategies are below the "
+        f"single-task networks (Δm% < 0). Ranked: " + ", ".join(f"{_label(m)} {dm[m]:+.1f}" for m in ranked)
+        + f". The largest of the three task terms is {largest}'s (mean size "
+        + ", ".join(f"{terms[t]:.1f}" for t in TASKS) + f" points for {', '.join(TASKS)}); the two strategies best on "
+        f"{largest} ({', '.join(map(_label, by_task))}) rank " + " and ".join(str(ranked.index(m) + 1) for m in by_task)
+        + " on Δm%.")
+
+    paired = {r["method"]: r for r in record["paired_vs_ew"] if r["column"] == "delta_m"}
+    if n_seeds < 2:
+        lines.append(f"- **Against EW, paired by seed.** One seed: the differences ("
+                     + ", ".join(f"{_label(m)} {paired[m]['diff']:+.1f}" for m in strategies if m in paired and m != "ew")
+                     + " Δm% points) have no interval, so this run cannot say which are real.")
+    else:
+        dist = [m for m in strategies if m in paired and paired[m]["distinguishable"]]
+        lines.append(f"- **Against EW, paired by seed** ({n_seeds} seeds, 95 % interval): "
+                     + (", ".join(f"{_label(m)} {paired[m]['diff']:+.1f} ± {paired[m]['half']:.1f}" for m in dist)
+                        + " are distinguishable from EW; the others are not." if dist else "no strategy is distinguishable from EW."))
+
+    if "rlw" in dm and "ew" in dm:
+        others = [dm[m] for m in strategies if m != "rlw"]
+        inside = min(others) <= dm["rlw"] <= max(others)
+        verdict = ("within the range of the other strategies" if inside else
+                   "below every other strategy" if dm["rlw"] < min(others) else "above every other strategy")
+        extra = ""
+        if n_seeds >= 2 and "rlw" in paired:
+            extra = (f"; paired with EW it differs by {paired['rlw']['diff']:+.1f} ± {paired['rlw']['half']:.1f}, "
+                     + ("distinguishable" if paired["rlw"]["distinguishable"] else "not distinguishable"))
+        lines.append(f"- **RLW** (random weights every step) reaches Δm% {dm['rlw']:+.1f}, {verdict} "
+                     f"({_span(others, '{:+.1f}')}){extra}. Lin et al. (2022) report that random loss weights are "
+                     "competitive with the elaborate strategies: it is the baseline a strategy must beat to earn its cost.")
+
+    if record.get("uw_final_weights"):
+        w = record["uw_final_weights"]
+        start = dict(zip(w, uncertainty_factors([KINDS[t] for t in w]).tolist()))
+        moved = max(w, key=lambda t: abs(math.log(w[t] / start[t])))
+        lines.append("- **UW's learned weights** c/σ² went from " + ", ".join(f"{start[t]:g} to {w[t]:.2f} ({t})" for t in w)
+                     + f" over {settings['epochs']} epochs; the largest relative change is {moved}'s, "
+                       f"a factor {w[moved] / start[moved]:.2f}.")
+
+    times = {m: mean[m]["time_s"] / mean["ew"]["time_s"] for m in strategies if m in GRADIENT_BASED}
+    if times and "ew" in mean:
+        lines.append(f"- **Cost.** The gradient-based strategies took {_span(times.values())} times EW's training time: "
+                     "they need one backward pass per task through the shared encoder (their own arithmetic on the "
+                     "gradients is timed in `benchmarks/bench_weighting.py`).")
+
+    gains = pd.DataFrame(record["late_gain"])
+    stl_gain = gains[gains.method == STL].groupby("metric").gain.mean()
+    shared_gain = gains[gains.method != STL].groupby("method").gain.mean()
+    units = {"cls/accuracy": ("{:.1f}", "accuracy points"), "seg/miou": ("{:.1f}", "mIoU points"),
+             "depth/abs_err": ("{:.4f}", "depth error")}
+    lines.append(
+        f"- **Did training finish?** In the last quarter of the epochs the single-task networks still gained "
+        + ", ".join(units[k][0].format(v) + " " + units[k][1] for k, v in stl_gain.items() if k in units)
+        + f" on validation, and the shared networks {_span(shared_gain.values)} Δm% points. Gains well above zero "
+          "mean the comparison partly measures how fast each network learns, not where it ends.")
+    return "\n".join(lines)
