@@ -197,20 +197,91 @@ def _device_of(learner: torch.nn.Module) -> torch.device:
     return next(learner.parameters(), torch.empty(0)).device
 
 
-def evaluate(learner: ProtoNet | MetaLearner, data: ClassDataset, n_way: int, k_shot: int, n_query: int,
-             n_episodes: int = 600, seed: int = 0, steps: int | None = None, chunk: int = 50) -> dict[str, float]:
+@dataclass(frozen=True)
+class Episode:
+    """One fixed episode: ``support[w]`` and ``query[w]`` list the instances of way ``w``'s class
+    ``classes[w]`` (indices or class names of the data set). Published test sets are lists of these."""
+
+    classes: tuple
+    support: tuple
+    query: tuple
+
+
+def episodes_from_sampler(data: ClassDataset, n_way: int, k_shot: int, n_query: int, n_episodes: int,
+                          seed: int = 0, chunk: int = 50) -> list[Episode]:
+    """The episodes that :func:`evaluate` draws with this seed and ``chunk`` (the sampler draws ``chunk``
+    episodes at a time), as a fixed list to store, share or hand back to :func:`evaluate`."""
+    sampler = EpisodeSampler(data, n_way, k_shot, n_query, seed=seed)
+    out = []
+    for done in range(0, n_episodes, chunk):
+        classes, order = sampler.draw_indices(min(chunk, n_episodes - done))
+        for c, o in zip(classes.tolist(), order.tolist()):
+            out.append(Episode(tuple(c), tuple(tuple(r[:k_shot]) for r in o), tuple(tuple(r[k_shot:]) for r in o)))
+    return out
+
+
+def episode_batch(data: ClassDataset, episodes: list[Episode]) -> TaskBatch:
+    """Fixed episodes as one :class:`TaskBatch` (the sampler's layout: class-major, labels in the order of
+    ``classes``). Every episode of the list must have the same way, shot and query counts; class names are
+    looked up in ``data.class_names``; raises ``ValueError`` naming the bad episode otherwise."""
+    if not episodes:
+        raise ValueError("episodes: the list is empty")
+    first = episodes[0]
+    n, k, q = len(first.classes), len(first.support[0]), len(first.query[0])
+    index = {name: i for i, name in enumerate(data.class_names)}
+    classes, order = [], []
+    for e, ep in enumerate(episodes):
+        if len(ep.classes) != n or len(ep.support) != n or len(ep.query) != n \
+                or any(len(s) != k for s in ep.support) or any(len(r) != q for r in ep.query):
+            raise ValueError(f"episode {e}: expected {n} ways of {k} support and {q} query instances like episode 0")
+        row = []
+        for c in ep.classes:
+            if isinstance(c, str):
+                if c not in index:
+                    raise ValueError(f"episode {e}: class {c!r} is not in the {data.split} data set")
+                c = index[c]
+            if not 0 <= int(c) < len(data):
+                raise ValueError(f"episode {e}: class index {c} outside 0..{len(data) - 1}")
+            row.append(int(c))
+        inst = [list(s) + list(r) for s, r in zip(ep.support, ep.query)]
+        if any(not 0 <= int(i) < data.n_per_class for r in inst for i in r) or any(len(set(r)) != len(r) for r in inst):
+            raise ValueError(f"episode {e}: instances must be distinct indices in 0..{data.n_per_class - 1} per class")
+        classes.append(row)
+        order.append(inst)
+    classes_t, order_t = torch.tensor(classes), torch.tensor(order)
+    images = data.gather(classes_t.unsqueeze(-1).expand_as(order_t), order_t)
+    T, shape = len(episodes), images.shape[3:]
+    labels = torch.arange(n).view(1, n, 1).expand(T, n, k + q)
+    return TaskBatch(support_x=images[:, :, :k].reshape(T, n * k, *shape),
+                     support_y=labels[:, :, :k].reshape(T, n * k),
+                     query_x=images[:, :, k:].reshape(T, n * q, *shape),
+                     query_y=labels[:, :, k:].reshape(T, n * q), info={"classes": classes_t})
+
+
+def evaluate(learner: ProtoNet | MetaLearner, data: ClassDataset, n_way: int | None = None, k_shot: int | None = None,
+             n_query: int | None = None, n_episodes: int = 600, seed: int = 0, steps: int | None = None,
+             chunk: int = 50, episodes: list[Episode] | None = None) -> dict[str, float]:
     """Mean query accuracy over ``n_episodes`` fresh episodes of ``data`` and its 95% CI half-width.
 
     The episodes depend on ``seed`` only, so learners evaluated with the same seed see the same episodes
-    (a paired comparison). Returns ``{"mean", "ci95", "episodes", "seconds"}``.
+    (a paired comparison). Or pass ``episodes``, a fixed list of :class:`Episode` (a published test set,
+    or :func:`episodes_from_sampler`'s output); way, shot and queries then come from it. Returns
+    ``{"mean", "ci95", "episodes", "seconds"}``.
     """
-    sampler = EpisodeSampler(data, n_way, k_shot, n_query, seed=seed)
     device = _device_of(learner)
     start = time.perf_counter()
     accs = []
-    for done in range(0, n_episodes, chunk):
-        batch = sampler.sample(min(chunk, n_episodes - done)).to(device)
-        accs.append(episode_accuracy(learner, batch, steps).cpu())
+    if episodes is not None:
+        for i in range(0, len(episodes), chunk):
+            accs.append(episode_accuracy(learner, episode_batch(data, episodes[i:i + chunk]).to(device), steps).cpu())
+        n_episodes = len(episodes)
+    else:
+        if None in (n_way, k_shot, n_query):
+            raise ValueError("evaluate: give n_way, k_shot and n_query, or a list of episodes")
+        sampler = EpisodeSampler(data, n_way, k_shot, n_query, seed=seed)
+        for done in range(0, n_episodes, chunk):
+            batch = sampler.sample(min(chunk, n_episodes - done)).to(device)
+            accs.append(episode_accuracy(learner, batch, steps).cpu())
     mean, ci = mean_ci95(torch.cat(accs))
     return {"mean": float(mean), "ci95": float(ci), "episodes": n_episodes, "seconds": time.perf_counter() - start}
 
@@ -242,6 +313,9 @@ class TrainResult:
     seconds: float = 0.0
     elapsed: list[float] = field(default_factory=list)  # training wall seconds at each logged iteration
     seed: int = 0
+    image_shape: tuple = (1, 28, 28)  # (channels, height, width) of the images it was trained on
+    data: str | None = None  # what it was trained on, as given to save()
+    provenance: dict = field(default_factory=dict)  # the run that wrote it (load() fills it in)
 
     def summary(self) -> dict[str, float | int | str]:
         return {"learner": self.spec.name, "best_iteration": self.best_iteration,
@@ -323,7 +397,7 @@ def train(spec: TrainSpec, train_data: ClassDataset | Callable[[int], ClassDatas
     return TrainResult(spec=spec, learner=learner, iterations=history.iterations, train_loss=history.loss,
                        val_accuracy=history.val_score, best_iteration=history.best_iteration,
                        best_val_accuracy=history.best_score, seconds=history.seconds,
-                       elapsed=list(history.elapsed), seed=int(seed))
+                       elapsed=list(history.elapsed), seed=int(seed), image_shape=tuple(shape))
 
 
 #: per worker process of :func:`train_all`: the data and the run options, set once by :func:`_init_worker`
@@ -381,7 +455,7 @@ def train_all(specs, train_data: ClassDataset | Callable[[int], ClassDataset], v
         shape = data.image_shape
         learner = make_learner(spec, in_channels=shape[0], image_size=shape[-1])
         learner.load_state_dict(state)
-        result = TrainResult(spec=spec, learner=learner.to(device), **curves)
+        result = TrainResult(spec=spec, learner=learner.to(device), image_shape=tuple(shape), **curves)
         out[(spec.name, seed)] = result
         if on_result is not None:
             on_result(result)
@@ -547,6 +621,71 @@ def confusion_report(confusion: torch.Tensor, data: ClassDataset, n_way: int = 5
     total = float(error.sum())
     return {"classes": classes, "pairs": pairs, "share": float(error[order].sum()) / total if total > 0 else 0.0,
             "expected_accuracy": float(accuracy.mean())}
+
+
+#: the format of a file written by :func:`save` (a different one is refused by :func:`load`)
+LEARNER_FORMAT = "mtml-learner-1"
+
+
+def save(result: TrainResult, path: str | Path, data: str | None = None) -> Path:
+    """Write a trained learner to ``path``: its parameters (the validation-selected ones a
+    :class:`TrainResult` holds), its :class:`TrainSpec`, the image shape, seed, selection and curves, a
+    description of the training ``data`` (e.g. ``"omniglot vinyals/train"``) and the run's provenance, with
+    a digest of the tensors (:mod:`mtml_lib.checkpoint`). :func:`load` reads it back."""
+    from mtml_lib.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, result.learner, extra={
+        "kind": LEARNER_FORMAT,
+        "spec": as_dict(result.spec),
+        "image_shape": [int(v) for v in result.image_shape],
+        "seed": int(result.seed),
+        "data": data,
+        "curves": {k: getattr(result, k) for k in ("iterations", "train_loss", "val_accuracy", "best_iteration",
+                                                   "best_val_accuracy", "seconds", "elapsed")},
+    })
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> TrainResult:
+    """A learner written by :func:`save`, rebuilt from its spec with its parameters, as a :class:`TrainResult`
+    (``result.learner`` is ready for :func:`evaluate`; ``result.provenance`` and ``result.data`` say what made
+    it). Raises :class:`mtml_lib.checkpoint.CheckpointError` naming the file for a missing, corrupt or
+    foreign file: a training checkpoint of :func:`train` is refused with the call that reads it
+    (:func:`best_parameters`), a file of another format version with both versions named."""
+    from mtml_lib.checkpoint import CheckpointError, load_checkpoint
+
+    payload = load_checkpoint(path)
+    extra = payload.get("extra") or {}
+    kind = extra.get("kind")
+    if kind == "meta_train":
+        raise CheckpointError(f"{path} is a training checkpoint (resumable state), not a saved learner: "
+                              "fewshot.best_parameters(path) returns its selected parameters")
+    if kind != LEARNER_FORMAT:
+        raise CheckpointError(f"{path} holds {kind!r}, not a learner of format {LEARNER_FORMAT!r} "
+                              "(written by another version of mtml_lib.fewshot.save?)")
+    fields = {f.name for f in dataclasses.fields(TrainSpec)}
+    unknown = sorted(set(extra["spec"]) - fields)
+    if unknown:
+        raise CheckpointError(f"{path}: its spec has settings this version does not know: {unknown}")
+    spec = TrainSpec(**extra["spec"])
+    shape = tuple(extra["image_shape"])
+    learner = make_learner(spec, in_channels=shape[0], image_size=shape[-1])
+    learner.load_state_dict(payload["state_dict"])
+    return TrainResult(spec=spec, learner=learner.to(device), seed=int(extra["seed"]), image_shape=shape,
+                       data=extra.get("data"), provenance=payload.get("provenance", {}), **extra["curves"])
+
+
+def best_parameters(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The validation-selected parameters held by a training checkpoint of :func:`train` / :func:`train_all`
+    (a ``state_dict``: ``learner.load_state_dict(best_parameters(path))``); the last ones when no
+    validation has run yet. Raises :class:`mtml_lib.checkpoint.CheckpointError` for any other file."""
+    from mtml_lib.checkpoint import CheckpointError, load_checkpoint
+
+    payload = load_checkpoint(checkpoint)
+    extra = payload.get("extra") or {}
+    if extra.get("kind") != "meta_train":
+        raise CheckpointError(f"{checkpoint} is not a training checkpoint of fewshot.train (kind {extra.get('kind')!r}); "
+                              "a learner written by fewshot.save is read with fewshot.load")
+    return extra.get("best_state") or payload["state_dict"]
 
 
 def checkpoint_path(spec: TrainSpec, seed: int, data_key: str, root: str | Path | None = None) -> Path:

@@ -475,3 +475,68 @@ def test_one_inner_step_from_a_zero_head_moves_only_the_head_as_the_formula_says
     with pytest.raises(ValueError, match="MAML, FOMAML or ANIL"):
         fewshot.zero_head_step(fewshot.make_learner(fewshot.TrainSpec("metasgd", n_way=4, hidden=4, head_init="zero"),
                                                     image_size=16), batch)
+
+
+# ------------------------------------------------------------- saving learners, fixed episode lists
+def _tiny_data(n_classes=12, n_per_class=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(n_classes, n_per_class, 1, 28, 28, generator=g) * 255).to(torch.uint8)
+    return ClassDataset(images=images, class_names=[f"c{i}" for i in range(n_classes)],
+                        groups=["g"] * n_classes, split="test")
+
+
+def test_save_load_round_trip_gives_the_same_predictions(tmp_path):
+    from mtml_lib.checkpoint import CheckpointError
+
+    data = _tiny_data()
+    spec = fewshot.TrainSpec("maml", n_way=3, k_shot=1, n_query=2, iterations=3, hidden=8, val_every=2,
+                             val_episodes=4, head_init="zeroing")
+    ckpt = tmp_path / "run.pt"
+    result = fewshot.train(spec, data, data, seed=1, checkpoint=ckpt)
+    path = fewshot.save(result, tmp_path / "learner.pt", data="tiny random images")
+    back = fewshot.load(path)
+    assert back.spec == spec and back.image_shape == (1, 28, 28) and back.data == "tiny random images"
+    assert back.best_iteration == result.best_iteration and back.val_accuracy == result.val_accuracy
+    for k, v in result.learner.state_dict().items():
+        assert torch.equal(v, back.learner.state_dict()[k])
+    a = fewshot.evaluate(result.learner, data, 3, 1, 2, n_episodes=8, seed=5)
+    b = fewshot.evaluate(back.learner, data, 3, 1, 2, n_episodes=8, seed=5)
+    assert a["mean"] == b["mean"]
+    # the training checkpoint: refused by load, its selected parameters through best_parameters
+    with pytest.raises(CheckpointError, match="training checkpoint.*fewshot.best_parameters"):
+        fewshot.load(ckpt)
+    best = fewshot.best_parameters(ckpt)
+    assert all(torch.equal(best[k], v) for k, v in result.learner.state_dict().items())
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        fewshot.best_parameters(path)
+    # a file of another format version is refused with both versions named
+    payload = torch.load(path, weights_only=True)
+    payload["extra"]["kind"] = "mtml-learner-0"
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="'mtml-learner-0', not a learner of format 'mtml-learner-1'"):
+        fewshot.load(tmp_path / "old.pt")
+
+
+def test_fixed_episode_list_equals_the_sampler_path():
+    data = _tiny_data()
+    torch.manual_seed(0)
+    learner = fewshot.make_learner(fewshot.TrainSpec("protonet", hidden=8))
+    episodes = fewshot.episodes_from_sampler(data, 4, 2, 3, n_episodes=10, seed=7, chunk=4)
+    assert len(episodes) == 10 and len(episodes[0].classes) == 4 and len(episodes[0].support[0]) == 2
+    by_sampler = fewshot.evaluate(learner, data, 4, 2, 3, n_episodes=10, seed=7, chunk=4)
+    by_list = fewshot.evaluate(learner, data, episodes=episodes, chunk=3)
+    assert by_list["mean"] == pytest.approx(by_sampler["mean"], abs=1e-7) and by_list["episodes"] == 10
+    batch = fewshot.episode_batch(data, episodes[:4])
+    ref = EpisodeSampler(data, 4, 2, 3, seed=7).sample(4)
+    assert torch.equal(batch.support_x, ref.support_x) and torch.equal(batch.query_y, ref.query_y)
+    # class names work as well as indices; bad lists are named
+    named = [fewshot.Episode(tuple(data.class_names[c] for c in e.classes), e.support, e.query) for e in episodes]
+    assert fewshot.evaluate(learner, data, episodes=named)["mean"] == by_list["mean"]
+    bad = fewshot.Episode(("c0", "nope"), ((0,), (1,)), ((2,), (3,)))
+    with pytest.raises(ValueError, match="episode 0: class 'nope' is not in the test data set"):
+        fewshot.episode_batch(data, [bad])
+    with pytest.raises(ValueError, match="episode 1: expected 2 ways"):
+        fewshot.episode_batch(data, [fewshot.Episode((0, 1), ((0,), (1,)), ((2,), (3,))),
+                                     fewshot.Episode((0, 1, 2), ((0,), (1,), (2,)), ((2,), (3,), (4,)))])
+    with pytest.raises(ValueError, match="distinct indices in 0..5"):
+        fewshot.episode_batch(data, [fewshot.Episode((0, 1), ((0,), (1,)), ((0,), (9,)))])

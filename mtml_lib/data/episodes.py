@@ -142,15 +142,7 @@ class EpisodeSampler:
         if not isinstance(n_tasks, int) or n_tasks < 1:
             raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
         n, k, q = self.n_way, self.k_shot, self.n_query
-        g = self.generator
-        classes = torch.stack([torch.randperm(len(self.sizes), generator=g)[:n] for _ in range(n_tasks)])
-        if self._equal:
-            order = torch.rand(n_tasks, n, self.sizes[0], generator=g).argsort(dim=-1)[..., : k + q]
-        else:
-            order = torch.stack([
-                torch.stack([torch.randperm(self.sizes[c], generator=g)[: k + q] for c in row.tolist()])
-                for row in classes
-            ])
+        classes, order = self.draw_indices(n_tasks)
         images = self._gather(classes, order)  # (T, n, k+q, C, H, W)
         labels = torch.arange(n).view(1, n, 1).expand(n_tasks, n, k + q)
         shape = images.shape[3:]
@@ -161,6 +153,21 @@ class EpisodeSampler:
             query_y=labels[:, :, k:].reshape(n_tasks, n * q),
             info={"classes": classes},
         )
+
+    def draw_indices(self, n_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n_tasks`` episodes as indices, without the images: classes ``(T, n_way)`` and, per
+        class, its instances ``(T, n_way, k_shot + n_query)`` (support first). :meth:`sample` draws these."""
+        n, k, q = self.n_way, self.k_shot, self.n_query
+        g = self.generator
+        classes = torch.stack([torch.randperm(len(self.sizes), generator=g)[:n] for _ in range(n_tasks)])
+        if self._equal:
+            order = torch.rand(n_tasks, n, self.sizes[0], generator=g).argsort(dim=-1)[..., : k + q]
+        else:
+            order = torch.stack([
+                torch.stack([torch.randperm(self.sizes[c], generator=g)[: k + q] for c in row.tolist()])
+                for row in classes
+            ])
+        return classes, order
 
     def _gather(self, classes: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         cls = classes.unsqueeze(-1).expand_as(order)
