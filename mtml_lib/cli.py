@@ -1,5 +1,7 @@
 """The ``mtml`` command: run the notebooks, list them, regenerate the figure gallery.
 
+Usage::
+
     mtml run [NOTEBOOK ...] [--profile smoke|quick|full] [--device auto|cpu|cuda|mps] [--seed N]
              [--out DIR] [--fail-fast] [--store]
     mtml list

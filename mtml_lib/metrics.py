@@ -271,7 +271,7 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------- seeds and intervals
 def student_t_two_sided(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with an integer number ``df`` >= 1 of degrees of freedom, in closed form
+    """P(−t < T < t) for Student's t with an integer number ``df`` >= 1 of degrees of freedom, in closed form
     (Abramowitz & Stegun 26.7.3-4: a finite series in θ = arctan(t / √df))."""
     if not isinstance(df, (int, np.integer)) or df < 1:
         raise ValueError(f"degrees of freedom must be a positive integer, got {df!r}")
@@ -293,7 +293,7 @@ def student_t_two_sided(t: float, df: int) -> float:
 
 
 def student_t_quantile(level: float, df: int) -> float:
-    """The t with P(|T| < t) = ``level`` (two-sided) for Student's t with ``df`` degrees of freedom
+    """The t with P(−t < T < t) = ``level`` (two-sided) for Student's t with ``df`` degrees of freedom
     (``level = 0.95`` gives the familiar 12.706, 4.303, 3.182, 2.776, ... for df = 1, 2, 3, 4)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"confidence level must lie in (0, 1), got {level!r}")

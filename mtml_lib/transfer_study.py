@@ -6,7 +6,7 @@ differs (:data:`mtml_lib.data.functions.TEST_FAMILIES`); it is measured by the M
 query points.
 
 =============== ===================================================== =====================================
-method          what is learned from the training tasks              how a new task is fitted
+method          what is learned from the training tasks               how a new task is fitted
 =============== ===================================================== =====================================
 ``scratch``     nothing (a fresh network)                             gradient steps on all parameters
 ``joint``       one network fitted to all tasks pooled                gradient steps on all parameters

@@ -25,7 +25,7 @@ What is left out, and why:
   *another design* of a character than the other font families do (DejaVu Serif draws the Georgian
   capitals in another style than DejaVu Sans): one example of one design says little about the other;
 * **near duplicates**: characters drawn alike by the same font (Latin A, Greek Alpha, Cyrillic A; l, I
-  and |; c and C, since the frame normalises size away). Walking the splits in the order train, val,
+  and ``|``; c and C, since the frame normalises size away). Walking the splits in the order train, val,
   test, a character is dropped when its glyph in some font correlates above ``duplicate_threshold``
   (``case_threshold`` for a lowercase letter and its capital) with the glyph of an already kept
   character in the same font. Thus no meta-test character is a look-alike of a meta-train one, and no

@@ -3,7 +3,7 @@
 Task i has inputs x ~ N(0, I_d) and targets y = w_iᵀ x + ε, ε ~ N(0, σ²). The true weights are
 
     w_i = √(1 − s) · w̄  +  √s · ( √(1 − ρ) · B ξ_i  +  √ρ · u_i ),
-    ξ_i ~ N(0, I_k / k),   u_i ~ N(0, I_d / d),   w̄ = B c,   |c| = 1,
+    ξ_i ~ N(0, I_k / k),   u_i ~ N(0, I_d / d),   w̄ = B c,   ‖c‖ = 1,
 
 with B ∈ R^{d×k} an orthonormal basis (k ≪ d) fixed for the family. Two knobs:
 
@@ -13,7 +13,7 @@ with B ∈ R^{d×k} an orthonormal basis (k ≪ d) fixed for the family. Two kno
   w_i lies in span(B), the structured family; ρ = 1: the deviations are isotropic in R^d, the tasks share
   nothing but the mean).
 
-Every w_i has E|w_i|² = 1, so the excess risk |ŵ − w|² of an estimate (:meth:`LinearTaskSet.excess_risk`)
+Every w_i has E‖w_i‖² = 1, so the excess risk ‖ŵ − w‖² of an estimate (:meth:`LinearTaskSet.excess_risk`)
 is relative to the signal: predicting 0 scores about 1, and 1/σ² is the signal-to-noise ratio.
 Everything is drawn from ``torch.Generator`` streams seeded by the arguments: same seed, same tasks.
 """
@@ -69,7 +69,7 @@ class LinearTaskSet:
         return {name: (self.X[i], self.y[i].unsqueeze(-1)) for i, name in enumerate(self.names)}
 
     def excess_risk(self, estimate: torch.Tensor) -> torch.Tensor:
-        """Per task ``(T,)``: E[(ŵ_iᵀx − y)²] − σ² = |ŵ_i − w_i|² for x ~ N(0, I), exactly.
+        """Per task ``(T,)``: E[(ŵ_iᵀx − y)²] − σ² = ‖ŵ_i − w_i‖² for x ~ N(0, I), exactly.
 
         ``estimate``: ``(T, d)`` (one row per task) or ``(d,)`` (one weight for all tasks, the pooled model).
         """

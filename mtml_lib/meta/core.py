@@ -104,16 +104,24 @@ class MetaLearner(nn.Module):
     ----------
     model: any ``nn.Module`` mapping ``(n, *x_shape)`` inputs to ``(n, *out_shape)`` predictions; its
         trainable parameters are θ. Buffers and frozen parameters are used as they are.
+
     loss_fn: ``loss_fn(prediction, target) -> scalar``, the loss of one task's set (``F.mse_loss``,
         ``F.cross_entropy``...). It must be written from tensor ops (it runs under ``vmap``).
+
     algorithm: one of :data:`ALGORITHMS`.
+
     inner_lr: α, the inner-loop step size (Meta-SGD: the initial value of every learned rate).
+
     inner_steps: inner steps during meta-training (>= 1).
+
     test_steps: inner steps of :meth:`adapt` and :meth:`evaluate` by default (>= 0).
+
     inner_params: name prefixes of the parameters the inner loop adapts. Default: all of θ, except for
         ANIL, where it is the last layer (:func:`last_layer_names`).
+
     first_order: drop the second-order term. Default: True for ``fomaml``, False otherwise (Reptile is
         first-order by construction and ignores it).
+
     batched: ``"auto"``, ``True`` (vmap; refuses models with ``nn.BatchNorm*``/``nn.InstanceNorm*``) or
         ``False`` (the per-task loop). ``"auto"`` takes vmap except (1) for a model with
         ``nn.BatchNorm*``/``nn.InstanceNorm*`` (loop, with a warning: vmap's second-order gradient is
@@ -121,6 +129,7 @@ class MetaLearner(nn.Module):
         filters become a grouped convolution, measured 1.4-2x slower than the loop on CPU with torch
         2.13). The choice is remade when the learner is moved (``learner.to(device)``); ``path`` and
         ``path_reason`` say what was chosen.
+
     compile: on the vmap path, run :meth:`meta_gradient` as one ``torch.compile``-d function (the first
         call compiles, ~30 s on a laptop CPU; later meta-steps are several times faster). The returned
         ``loss`` is then detached; :meth:`meta_loss` itself stays eager and differentiable.

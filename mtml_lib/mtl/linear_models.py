@@ -2,7 +2,7 @@
 
 The shared-θ model: θ = B ∈ R^{d×k} (a shared linear map to a k-dimensional code) and θ_i = a_i ∈ R^k
 (a linear read-out per task), so f(θ, θ_i, x) = a_iᵀ Bᵀ x and task i's weight vector is ŵ_i = B a_i.
-With the mean squared error L_i = (1/n_i) |X_i B a_i − y_i|² and fixed task weights w_i, the objective
+With the mean squared error L_i = (1/n_i) ‖X_i B a_i − y_i‖² and fixed task weights w_i, the objective
 J = Σ_i w_i L_i has the gradients (residual r_i = X_i B a_i − y_i)
 
     ∂J/∂a_i = (2 w_i / n_i) Bᵀ X_iᵀ r_i                      (only task i reaches its own head)
@@ -84,7 +84,7 @@ def task_weights(model: MultiTaskModel, names: Sequence[str] | None = None) -> t
 def objective_gradients(
     B: torch.Tensor, A: torch.Tensor, X: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hand-derived ∂J/∂B ``(d, k)`` and ∂J/∂A ``(T, k)`` of J = Σ_i w_i (1/n) |X_i B a_i − y_i|².
+    """Hand-derived ∂J/∂B ``(d, k)`` and ∂J/∂A ``(T, k)`` of J = Σ_i w_i (1/n) ‖X_i B a_i − y_i‖².
 
     ``B``: ``(d, k)``; ``A``: rows a_i, ``(T, k)``; ``X``: ``(T, n, d)``; ``y``: ``(T, n)``; ``w``: ``(T,)``
     (default all ones).
@@ -188,8 +188,8 @@ def fit_shared(
     """(c) The shared-θ model, trained by :class:`MultiTaskTrainer` on the full batch of every task.
 
     ``weights``: the task weights w_i of Σ_i w_i L_i (default: all 1). ``weight_decay`` λ on both B and
-    the a_i acts as a nuclear-norm penalty λ|W|_* on the stacked weights W = A Bᵀ (the minimum of
-    (|A|² + |B|²)/2 over factorisations of W is its nuclear norm), the convex relative of a rank
+    the a_i acts as a nuclear-norm penalty λ‖W‖_* on the stacked weights W = A Bᵀ (the minimum of
+    (‖A‖² + ‖B‖²)/2 over factorisations of W is its nuclear norm), the convex relative of a rank
     constraint. ``init_scale``: standard deviation of a Gaussian start (None: PyTorch's default
     ``Linear`` initialisation). A small start begins near W = 0, so the fit first grows the directions the
     data supports most; the default ``Linear`` start often ends in a worse local minimum of this

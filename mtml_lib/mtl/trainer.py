@@ -22,7 +22,7 @@ Optimizers: ``"sgd"``, ``"adam"``, ``"adamw"`` for mini-batch training; ``"lbfgs
 strong-Wolfe line search) for small full-batch problems such as the linear toy, where it reaches the
 minimum that Adam only approaches. With L-BFGS one "step" is up to ``lbfgs_iterations`` iterations,
 it takes loss-based strategies only, and ``weight_decay`` λ is added to the objective as
-(λ/2) Σ |θ|² over the model's parameters (the same gradient λθ as Adam's coupled weight decay).
+(λ/2) Σ ‖θ‖² over the model's parameters (the same gradient λθ as Adam's coupled weight decay).
 
 Batches come in two shapes, matching the two kinds of multi-task data:
 
@@ -214,15 +214,22 @@ class MultiTaskTrainer:
     ----------
     model: the :class:`MultiTaskModel`; trainable = shared parameters with ``requires_grad`` plus the
         heads of ``tasks``.
+
     weighting: a :class:`Weighting` for ``len(tasks)`` tasks (default :class:`EqualWeights`).
+
     tasks: the tasks to train, in the order of the loss vector (default: all of the model's tasks).
+
     optimizer: ``"sgd"`` (with ``momentum``), ``"adam"``, ``"adamw"`` or ``"lbfgs"`` (full batch,
         loss-based strategies; ``lbfgs_iterations`` iterations per step; use ``lr=1``); ``lr``,
         ``weight_decay``.
+
     schedule: ``"constant"``, ``"cosine"`` (to 0 over the epochs of a fit) or ``"step"`` (multiply by
         ``gamma`` every ``step_size`` epochs; default step size: a third of the epochs).
+
     grad_clip: clip the global gradient norm of the model's parameters to this value (None: off).
+
     device: move the model there (default: where its parameters are).
+
     progress: show a ``tqdm.auto`` bar over epochs with the latest task losses.
     """
 

@@ -1,10 +1,10 @@
 """GradNorm (Chen, Badrinarayanan, Lee and Rabinovich, ICML 2018).
 
 Task weights w_i are learned so that the gradient norms of the weighted losses train at similar rates:
-with n_i = ||∇_θ L_i|| (so that G_i = ||∇_θ w_i L_i|| = w_i n_i), Ḡ = mean_i G_i, the inverse training
+with n_i = ‖∇_θ L_i‖ (so that G_i = ‖∇_θ w_i L_i‖ = w_i n_i), Ḡ = mean_i G_i, the inverse training
 rate r_i = L̃_i / mean_j L̃_j where L̃_i = L_i(t) / L_i(0), and the asymmetry α,
 
-    L_grad = Σ_i | w_i n_i − Ḡ r_i^α |,    with the target Ḡ r_i^α held constant,
+    L_grad = Σ_i abs(w_i n_i − Ḡ r_i^α),    with the target Ḡ r_i^α held constant,
 
 so ∂L_grad/∂w_i = sign(w_i n_i − Ḡ r_i^α) n_i. The model follows Σ_i w_i ∇_θ L_i; after every weight
 update the weights are renormalised to Σ_i w_i = T. The paper takes n_i on the last shared layer to save

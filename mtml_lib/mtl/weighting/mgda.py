@@ -19,7 +19,7 @@ result is therefore checked against the optimality (KKT) conditions of the probl
     p_k · x ≥ ||x||² for every k,   with equality where α_k > 0        (x = Σ_i α_i g_i),
 
 measured relative to the current point: moving from x towards (or away from) g_k lowers ||x|| by
-δ_k = |p_k · x − ||x||²| / ||g_k − x|| at first order, and x is accepted when every δ_k that the
+δ_k = abs(p_k · x − ||x||²) / ||g_k − x|| at first order, and x is accepted when every δ_k that the
 conditions forbid is below ``KKT_TOL`` ||x|| = 1e-9 ||x|| beyond rounding. When x is so short next to
 the gradients that the rounding of the float products could hide such a violation (a nearly
 Pareto-stationary point), the products are recomputed exactly (rational arithmetic on the float entries
@@ -119,7 +119,7 @@ def kkt_violation(m: np.ndarray, lam: np.ndarray) -> float:
     """How far λ ``(T,)`` (λ ≥ 0) is from the min-norm point of the hull, relative to it (0: optimal).
 
     With x = Σ λ_i p_i, the largest first-order relative decrease of ||x|| along a segment towards a
-    gradient p_k (any k) or away from it (k with λ_k > 0),  |p_k · x − ||x||²| / (||p_k − x|| ||x||), over
+    gradient p_k (any k) or away from it (k with λ_k > 0),  abs(p_k · x − ||x||²) / (||p_k − x|| ||x||), over
     the k where it is allowed, counting only what exceeds rounding. The products are first taken in
     floating point; when their rounding error could hide a violation above ``KKT_TOL`` (x much shorter
     than the gradients), they are recomputed exactly from ``m``, which should then be the Gram matrix
