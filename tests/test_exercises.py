@@ -41,6 +41,10 @@ def test_every_exercise_releases_without_solutions_hidden_tests_or_probes():
         assert hidden >= 1, f"{path.name} has no hidden tests"
         exercise = exercises.load(path)
         assert len(exercise.questions) >= 2 and all(len(q.probes) >= 2 or q.points <= 1 for q in exercise.questions)
+        assert exercise.unavailable, f"{path.name} lists no library implementation as unavailable"
+        derivations = [c.source for c in instructor.cells if c.cell_type == "markdown" and
+                       ("a derivation" in c.source or "a prediction" in c.source)]
+        assert derivations, f"{path.name} asks for no derivation or prediction"
         for cell in instructor.cells:  # nbgrader's schema: every code cell is locked, an answer or a check
             meta = exercises.nbgrader_meta(cell)
             if cell.cell_type == "code":
@@ -53,7 +57,53 @@ def test_hidden_tests_are_removed_but_visible_checks_stay():
     path = exercises.resolve(["ex01_multitask_gradient"])[0]
     student = exercises.release(path)
     graded = [c for c in student.cells if exercises.nbgrader_meta(c).get("grade")]
-    assert "W2 = torch.randn" not in graded[1].source and "assert grad_shared" in graded[1].source
+    assert "B_h = torch.randn" not in graded[1].source and "assert grad_shared" in graded[1].source
+    assert "zero_start ==" not in graded[3].source and 'zero_start in ("a", "b", "c", "d")' in graded[3].source
+
+
+def _data_names(source_cells: list[str]) -> set[str]:
+    """Names that the notebook's setup cells bind to data the student sees (tensors and lists of them)."""
+    import torch
+
+    ns: dict = {}
+    for source in source_cells:
+        exec(source, ns)  # noqa: S102 - the instructor's own setup cells
+    def is_data(value):
+        if isinstance(value, (list, tuple)):
+            return any(is_data(v) for v in value)
+        return isinstance(value, torch.Tensor)
+    return {name for name, value in ns.items() if is_data(value)}
+
+
+def test_hidden_checks_use_fresh_inputs_only():
+    """No probe (and no probe setup) reads the data the student sees: every input is made anew."""
+    import ast
+
+    for path in exercises.discover():
+        exercise = exercises.load(path)
+        seen = _data_names([c["source"] for c in exercise.cells if c["kind"] == "setup"])
+        assert seen, path.name
+        for q in exercise.questions:
+            used = set()
+            for text, mode in [(p, "eval") for p in q.probes] + [(q.setup, "exec")]:
+                used |= {n.id for n in ast.walk(ast.parse(text, mode=mode)) if isinstance(n, ast.Name)}
+            assert not used & seen, (path.name, q.grade_id, sorted(used & seen))
+
+
+def test_visible_checks_do_not_state_the_answer():
+    """ex02's first check used to hold the adapted weight's formula; no visible check holds an answer line."""
+    for path in exercises.discover():
+        nb = nbformat.read(path, 4)
+        solutions = [line.strip() for c in nb.cells if exercises.nbgrader_meta(c).get("solution")
+                     for line in exercises._strip_region(c.source, exercises.BEGIN_HIDDEN, exercises.END_HIDDEN, "t", False).splitlines()
+                     if line.strip().startswith("return ") or "=" in line and not line.strip().startswith(("def ", "#"))]
+        student = exercises.release(path)
+        visible = "\n".join(c.source for c in student.cells if exercises.nbgrader_meta(c).get("grade"))
+        for line in solutions:
+            expression = line.removeprefix("return ").split("=", 1)[-1].strip() if not line.startswith("return ") \
+                else line.removeprefix("return ").strip()
+            if len(expression) > 12:
+                assert expression not in visible, (path.name, expression)
 
 
 def test_solution_placeholder_keeps_indentation():
@@ -74,25 +124,27 @@ def _write(nb, path):
 def test_grading_full_blank_and_partial(key, tmp_path):
     solved = nbformat.read(key, 4)
     blank = exercises.release(key)
-    # partial: the confusion matrix is right, the mIoU forgets to leave absent classes out, and every
-    # visible check is replaced by a print (which changes nothing: checks are not taken from submissions)
+    # partial: the confusion matrix is right, the mIoU forgets to leave absent classes out, the per-batch
+    # mean is right, the two-batch derivation is wrong, and every visible check is replaced by a print
+    # (which changes nothing: checks are not taken from submissions)
     partial = exercises.release(key)
     for gid in ("confusion", "per_batch_mean_miou"):
         _answer(partial, gid, next(c.source for c in solved.cells if exercises.nbgrader_meta(c).get("grade_id") == gid))
     _answer(partial, "miou", "def miou(cm):\n    cm = cm.double()\n    tp = cm.diagonal()\n"
                              "    return float((tp / (cm.sum(0) + cm.sum(1) - tp).clamp_min(1)).mean())")
+    _answer(partial, "two_batch_mious", "def two_batch_mious(n_big, n_small):\n    return 0.5, 0.5")
     for cell in partial.cells:
         if exercises.nbgrader_meta(cell).get("grade"):
             cell.source = "print('all good')"
     paths = [key, _write(blank, tmp_path / "blank.ipynb"), _write(partial, tmp_path / "partial.ipynb")]
     full, empty, part = grading.grade_batch(paths, key=key)
-    assert full.score == full.total == 5 and full.error is None
+    assert full.score == full.total == 7 and full.error is None
     assert empty.score == 0 and all("NotImplementedError" in q.error for q in empty.questions)
     scores = {q.grade_id: q.score for q in part.questions}
-    # q3 (the mean of per-batch mIoUs) calls the student's own miou, which is only wrong when a class is
-    # absent: every class occurs in each batch, so q3 is legitimately right
-    assert scores == {"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 1}
-    assert part.questions[1].error == "wrong result (check 2: wrong value)"  # the matrix with an absent class
+    # q3 (the mean of per-batch mIoUs) runs with the instructor's confusion and miou: the wrong miou of q2
+    # is not counted twice
+    assert scores == {"q1_confusion": 2, "q2_miou": 0, "q3_per_batch": 1, "q4_two_batches": 0}
+    assert part.questions[1].error == "wrong result (check 1: wrong value)"  # the matrix with an absent class
 
 
 def test_cli_release_and_grade(tmp_path, capsys):
@@ -103,10 +155,10 @@ def test_cli_release_and_grade(tmp_path, capsys):
     assert cli.main(["grade", str(submission), str(missing), "--key", EXERCISE,
                      "--json", str(tmp_path / "grades.json")]) == 0
     out = capsys.readouterr().out
-    assert f"{submission}: 0 / 5 points" in out
-    assert f"{missing}: 0 / 5 points (key: {EXERCISE}): the file does not exist" in out
+    assert f"{submission}: 0 / 7 points" in out
+    assert f"{missing}: 0 / 7 points (key: {EXERCISE}): the file does not exist" in out
     book = json.loads((tmp_path / "grades.json").read_text())
-    assert [b["total"] for b in book] == [5, 5] and book[1]["error"] == "the file does not exist"
+    assert [b["total"] for b in book] == [7, 7] and book[1]["error"] == "the file does not exist"
     renamed = tmp_path / "renamed.ipynb"
     renamed.write_bytes(submission.read_bytes())
     assert cli.main(["grade", str(missing), str(renamed)]) == 0  # no --key: the exercise is named by the file
@@ -186,7 +238,9 @@ def test_every_exercise_scores_its_solution_full_and_its_student_version_zero(tm
         assert report.score == report.total >= 5 and report.error is None, report
     for report in reports[len(keys):]:
         assert report.score == 0 and report.total >= 5, report
-        assert all(q.error and "NotImplementedError" in q.error for q in report.questions), report
+        # a function left blank raises NotImplementedError; a value left blank was never defined
+        assert all(q.error and ("NotImplementedError" in q.error or "NameError" in q.error)
+                   for q in report.questions), report
 
 
 def test_grade_book_is_replaced_atomically(tmp_path):

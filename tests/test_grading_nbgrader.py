@@ -60,5 +60,5 @@ def test_nbgrader_generates_and_autogrades_an_exercise(tmp_path):
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         total = gb.find_assignment("ps1").max_score
         scores = {s: gb.find_submission("ps1", s).score for s in ("solver", "blank")}
-    assert total == exercises.load(key).total == 5
-    assert scores == {"solver": 5, "blank": 0}
+    assert total == exercises.load(key).total == 7
+    assert scores == {"solver": 7, "blank": 0}
