@@ -623,6 +623,35 @@ def confusion_report(confusion: torch.Tensor, data: ClassDataset, n_way: int = 5
             "expected_accuracy": float(accuracy.mean())}
 
 
+#: published Omniglot accuracies (%, ± 95 % CI where given) on Vinyals et al.'s split (28 x 28, rotations),
+#: {learner: {setting: (mean, ci)}}, and where they come from. First-order MAML is Nichol et al.'s number
+#: with transductive batch normalisation (Finn et al. report it on MiniImagenet only).
+PUBLISHED_OMNIGLOT: dict[str, dict[str, tuple[float, float | None]]] = {
+    "ProtoNet": {"5-way 1-shot": (98.8, None), "5-way 5-shot": (99.7, None), "20-way 1-shot": (96.0, None),
+                 "20-way 5-shot": (98.9, None)},
+    "MAML": {"5-way 1-shot": (98.7, 0.4), "5-way 5-shot": (99.9, 0.1), "20-way 1-shot": (95.8, 0.3),
+             "20-way 5-shot": (98.9, 0.2)},
+    "FOMAML": {"5-way 1-shot": (98.3, 0.5), "5-way 5-shot": (99.2, 0.2), "20-way 1-shot": (89.4, 0.5),
+               "20-way 5-shot": (97.9, 0.1)},
+    "Meta-SGD": {"5-way 1-shot": (99.53, 0.26), "5-way 5-shot": (99.93, 0.09), "20-way 1-shot": (95.93, 0.38),
+                 "20-way 5-shot": (98.97, 0.19)},
+}
+PUBLISHED_OMNIGLOT_SOURCES = {"ProtoNet": "Snell et al. 2017", "MAML": "Finn et al. 2017",
+                              "FOMAML": "Nichol et al. 2018 (transductive)", "Meta-SGD": "Li et al. 2017"}
+
+
+def published_table(settings: list[str]) -> "pd.DataFrame":
+    """:data:`PUBLISHED_OMNIGLOT` as a table of ``mean ± CI`` strings (— where a paper gives none)."""
+    import pandas as pd
+
+    rows = {}
+    for name, res in PUBLISHED_OMNIGLOT.items():
+        label = f"{name} ({PUBLISHED_OMNIGLOT_SOURCES[name]})"
+        rows[label] = {s: ("—" if s not in res else f"{res[s][0]:.2f}" + (f" ± {res[s][1]:.2f}" if res[s][1] else ""))
+                       for s in settings}
+    return pd.DataFrame(rows).T
+
+
 #: the format of a file written by :func:`save` (a different one is refused by :func:`load`)
 LEARNER_FORMAT = "mtml-learner-1"
 

@@ -59,6 +59,10 @@ class FewShotProfile:
     steps_episodes: int = 100  # episodes of that curve
     omniglot_episodes: int = 600  # test episodes on Omniglot (when its files are present)
     omniglot_settings: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1))  # (n_way, k_shot) on Omniglot
+    omniglot_train: bool = True  # when an Omniglot protocol's files are present, train the learners on it too
+    omniglot_seeds: tuple[int, ...] = (0,)  # training seeds on Omniglot (added to the run's seed)
+    #: (n_way, k_shot) of the published-protocol table on Omniglot (the papers' four settings)
+    omniglot_protocol_settings: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1), (20, 5))
     threads: int = 1  # CPU threads per training process: one is fastest on a busy machine
     workers: int = 1  # learners trained at once, in separate processes (independent runs: the same numbers)
     seeds: tuple[int, ...] = (0,)  # training seeds, added to the run's seed: every learner is trained with each
@@ -88,6 +92,7 @@ PROFILES = {
         steps_max=2,
         steps_episodes=4,
         omniglot_episodes=10,
+        omniglot_train=False,  # CI loads the protocol's data when present, trains nothing on it
         workers=2,
         seeds=(0, 1),  # the code paths of the full profile: parallel learners, intervals over seeds
     ),
