@@ -594,7 +594,8 @@ def confusion_report(confusion: torch.Tensor, data: ClassDataset, n_way: int = 5
     """The classes and pairs behind the errors: ``{"classes", "pairs", "share", "expected_accuracy"}``.
 
     ``classes``: the ``top`` classes of lowest expected ``n_way``-way 1-shot accuracy (:func:`expected_accuracy`);
-    ``pairs``: the ``top`` most confused pairs (both directions summed); ``share``: the fraction of all
+    ``pairs``: the ``top`` most confused pairs, by their 2-way 1-shot error averaged over the two directions
+    (a query of either class taken for the other: 0-100 %, 50 % = the pair cannot be told apart); ``share``: the fraction of all
     expected errors that the ``top`` classes account for (0 when there are no errors);
     ``expected_accuracy``: the mean over classes.
     """
@@ -610,13 +611,13 @@ def confusion_report(confusion: torch.Tensor, data: ClassDataset, n_way: int = 5
     classes = pd.DataFrame({"class": [data.class_names[c] for c in order], "alphabet": [data.groups[c] for c in order],
                             f"{n_way}-way 1-shot error (%)": [round(100 * float(error[c]), 1) for c in order]})
     rows, cols = torch.triu_indices(n_classes, n_classes, offset=1)  # each unordered pair once
-    both = (confusion + confusion.T)[rows, cols]
+    both = 0.5 * (confusion + confusion.T)[rows, cols]
     picked = both.argsort(descending=True)[:top_pairs].tolist()
     pairs = pd.DataFrame({
         "class": [data.class_names[rows[i]] for i in picked],
         "confused with": [data.class_names[cols[i]] for i in picked],
         "alphabets": [f"{data.groups[rows[i]]} / {data.groups[cols[i]]}" for i in picked],
-        "2-way error, both ways (%)": [round(100 * float(both[i]), 1) for i in picked],
+        "2-way error (%, mean of both directions)": [round(100 * float(both[i]), 1) for i in picked],
     })
     total = float(error.sum())
     return {"classes": classes, "pairs": pairs, "share": float(error[order].sum()) / total if total > 0 else 0.0,
