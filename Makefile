@@ -4,10 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mtml-installed
 TEST_STAMP := $(VENV)/.mtml-test-installed
+BOOK_STAMP := $(VENV)/.mtml-book-installed
 # extra arguments for `mtml run`, e.g. make reproduce RUN_ARGS="--profile full"
 RUN_ARGS ?=
 
-.PHONY: help env reproduce test lab figures notebooks bench clean
+.PHONY: help env reproduce test lab figures notebooks bench book clean
 
 help:
 	@echo "make reproduce   create .venv if needed, run every notebook (auto profile), regenerate figures/ and results/"
@@ -16,6 +17,7 @@ help:
 	@echo "make figures     rebuild the gallery figures/README.md"
 	@echo "make notebooks   rerun every notebook under the quick profile and store its outputs in notebooks/"
 	@echo "make bench       run the benchmarks (installs the benchmark-only dependency)"
+	@echo "make book        build the book build/book/index.html from the committed notebooks (not run), offline (installs requirements-book.txt)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,11 @@ $(STAMP): requirements.txt pyproject.toml
 $(TEST_STAMP): requirements-test.txt $(STAMP)
 	$(BIN)/python -m pip install -r requirements-test.txt
 	@touch $(TEST_STAMP)
+
+# book-only dependencies (Sphinx, myst-nb, the book theme, a local MathJax); the core pins stay as they are
+$(BOOK_STAMP): requirements-book.txt $(STAMP)
+	$(BIN)/python -m pip install -r requirements-book.txt -c requirements.txt
+	@touch $(BOOK_STAMP)
 
 env: $(STAMP)
 
@@ -48,6 +55,9 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -r requirements-bench.txt
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+book: $(STAMP) $(BOOK_STAMP)
+	$(BIN)/python docs/book.py
 
 clean:
 	rm -rf build .pytest_cache
