@@ -214,7 +214,8 @@ def provenance_table(prov: dict, chapter: str | None, up: str) -> list[str]:
     for key in ("profile", "seed", "device", "torch", "python", "git_commit", "started_at", "wall_time_s"):
         if key in prov:
             value = f"`{prov[key]}`" if key == "git_commit" else fmt(prov[key])
-            rows.append((key.replace("_", " "), value + (" s" if key == "wall_time_s" else "")))
+            label = "wall time" if key == "wall_time_s" else key.replace("_", " ")
+            rows.append((label, value + (" s" if key == "wall_time_s" else "")))
     dirty = prov.get("git_dirty_files")
     if dirty:
         rows.append(("files changed from that commit", ", ".join(f"`{f}`" for f in dirty)))

@@ -235,6 +235,19 @@ def test_links_stay_in_the_site_and_resolve(site):
     assert 'src="../_static/mathjax/tex-chtml.js' in (site / "chapters" / "01_math_model.html").read_text()
 
 
+def test_a_broken_link_or_a_missing_image_fails_the_build(tmp_path):
+    """The book's configuration turns Sphinx's warnings into a failed build (checked on a two-line page)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "index.md").write_text("# A page\n\n[a chapter that is not there](missing.md)\n\n"
+                                  "![a figure that is not there](figures/missing.png)\n")
+    proc = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q",
+                           "-c", str(ROOT / "docs"), str(src), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "missing.md" in proc.stderr and "missing.png" in proc.stderr, proc.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------------------------ the browser
 def find_chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
@@ -296,6 +309,8 @@ def console_errors(events: list[dict]) -> list[str]:
         elif method == "Runtime.exceptionThrown":
             errors.append(params["exceptionDetails"].get("exception", {}).get("description", "exception"))
         elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            if params["entry"].get("url", "").endswith("/favicon.ico"):
+                continue  # the browser asks for one by itself; the site declares none
             errors.append(f"{params['entry'].get('text')} {params['entry'].get('url', '')}")
     return errors
 
@@ -310,8 +325,11 @@ def browser(site, tmp_path_factory):
         print(reason)
         pytest.skip(reason)
     pytest.importorskip("websocket", reason="websocket-client is not installed (requirements-test.txt)")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *args: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     profile = tmp_path_factory.mktemp("chromium")
@@ -387,4 +405,5 @@ def test_every_page_opens_in_chromium_without_errors(site, browser):
             target = ROOT / "build" / "book-screenshot-01_math_model.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(base64.b64decode(shot["data"]))
+    print(f"{checked} pages opened in Chromium, {math_pages} with typeset maths, {images} images decoded")
     assert checked == len(pages(site)) and math_pages >= 8 and images >= len(saved_figures()), (checked, math_pages, images)
