@@ -355,7 +355,7 @@ def browser(site, tmp_path_factory):
         targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
         page = next(t for t in targets if t.get("type") == "page")
         tools = DevTools(page["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log"):
+        for domain in ("Page", "Runtime", "Log", "Network"):
             tools.call(f"{domain}.enable")
         yield tools, f"http://127.0.0.1:{server.server_address[1]}/"
         tools.ws.close()
@@ -385,15 +385,20 @@ PAGE_STATE = """(async () => {
 
 def test_every_page_opens_in_chromium_without_errors(site, browser):
     tools, base = browser
-    checked, math_pages, images = 0, 0, 0
+    checked, math_pages, images, fetched = 0, 0, 0, 0
     for page in pages(site):
         rel = page.relative_to(site).as_posix()
         tools.drain()
         tools.call("Page.navigate", url=base + rel)
         tools.wait_for("Page.loadEventFired")
         state = tools.evaluate(PAGE_STATE)
-        errors = console_errors(tools.drain())
+        events = tools.drain()
+        errors = console_errors(events)
         assert not errors, f"{rel}: console errors {errors[:3]}"
+        requested = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+        outside = [url for url in requested if not url.startswith((base, "data:", "blob:", "about:"))]
+        assert not outside, f"{rel}: requests outside the site {outside[:3]}"
+        fetched += len(requested)
         assert not state["broken"], f"{rel}: images not decoded {state['broken'][:3]}"
         if state["math"]:
             assert state["typeset"] >= state["math"] and not state["mathErrors"], f"{rel}: maths not typeset {state}"
@@ -405,5 +410,8 @@ def test_every_page_opens_in_chromium_without_errors(site, browser):
             target = ROOT / "build" / "book-screenshot-01_math_model.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(base64.b64decode(shot["data"]))
-    print(f"{checked} pages opened in Chromium, {math_pages} with typeset maths, {images} images decoded")
+            assert target.read_bytes().startswith(b"\x89PNG") and target.stat().st_size > 20_000, "blank screenshot"
+    print(f"{checked} pages opened in Chromium, {math_pages} with typeset maths, {images} images decoded, "
+          f"{fetched} requests, all to the site")
+    assert fetched > checked, "the network events should have been recorded"
     assert checked == len(pages(site)) and math_pages >= 8 and images >= len(saved_figures()), (checked, math_pages, images)
