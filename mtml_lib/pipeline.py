@@ -96,11 +96,26 @@ def resolve(names: list[str] | None, directory: Path | None = None) -> list[Path
     return chosen
 
 
+def kernelspec_metadata() -> dict[str, str]:
+    """The ``kernelspec`` a stored notebook carries: the installed ``python3`` kernel's name, display name and
+    language. JupyterLab rewrites a notebook's kernelspec to the kernel it starts, so any other display
+    name (papermill and older tools write ``"Python 3"``; ipykernel installs ``"Python 3 (ipykernel)"``)
+    marks the notebook modified as soon as it is opened."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        return {"display_name": spec.display_name, "language": spec.language, "name": KERNEL_NAME}
+    except NoSuchKernel:
+        return {"display_name": "Python 3 (ipykernel)", "language": "python", "name": KERNEL_NAME}
+
+
 def strip_run_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Remove papermill's injected-parameters cell, its run and timing metadata and any stored widget
-    state (in place)."""
+    state, and name the installed kernel (:func:`kernelspec_metadata`) (in place)."""
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)  # widget state of a bar drawn in some run: JupyterLab shows it frozen
+    nb.metadata["kernelspec"] = kernelspec_metadata()
     kept = []
     for cell in nb.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
