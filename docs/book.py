@@ -147,10 +147,10 @@ def chapter_box(root: Path, nb: Path) -> str:
     for profile in profiles(root):
         result = root / "results" / profile / f"{stem}.json"
         if result.is_file():
+            again = "" if profile == STORED_PROFILE else f"; regenerate with `mtml run {number} --profile {profile}`"
             lines.append(f"- Results, `{profile}` profile: {{download}}`results/{profile}/{stem}.json "
                          f"<../_files/results/{profile}/{stem}.json>` (tables: [{profile} results]"
-                         f"(../results/{profile}.md#{slug(stem)})); regenerate with "
-                         f"`mtml run {number} --profile {profile}`.")
+                         f"(../results/{profile}.md#{slug(stem)})){again}.")
     figs = [name for name, entry in figure_index(root).items() if entry.get("notebook") == stem]
     if figs:
         links = ", ".join(f"[{name}](../gallery.md#{slug(name)})" for name in figs)
@@ -251,6 +251,9 @@ def stage_gallery(root: Path, src: Path) -> None:
                 lines += [f"## {chapter}", ""]
                 current = chapter
             png = folder / entry.get("png", f"{name}.png")
+            if not png.is_file():
+                raise SystemExit(f"book: {folder.relative_to(root)}/index.json lists {png.name}, which is missing "
+                                 f"(rerun `mtml run {str(chapter)[:2]} --profile {profile}` or `mtml figures`)")
             target = f"{rel}/{png.name}"
             copy(png, src / target)
             lines += [f"### {name}", "", f"```{{image}} {target}", f":alt: {name}", ":width: 100%", "```", "",
