@@ -16,7 +16,7 @@ so an instructor can also run the exercise through nbgrader itself:
   student version. The probes run on *fresh* inputs that the ``setup`` makes (other shapes, seeds and
   values than the notebook's), never on the notebook's own data, so an answer fitted to what the student
   can see gains nothing; a setup makes inputs only (no reference computation: it reaches the child).
-  ``uses``, a list of answer ``grade_id``s, makes the question independent of earlier answers: for its
+  ``uses``, a list of answer ``grade_id`` values, makes the question independent of earlier answers: for its
   probes the instructor's solutions of those answer cells replace the student's.
 - **setup cells** (everything else): data and imports, taken from the instructor's copy when grading.
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from devtools import DevTools, find_chromium
 
 from mtml_lib import pipeline
 
@@ -49,12 +50,12 @@ def _wait_http(url: str, timeout: float) -> bytes:
 
 
 def test_opening_a_notebook_in_jupyterlab_does_not_modify_it(tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    chromium = find_chromium()
     if chromium is None:
         if os.environ.get("CI"):
             pytest.fail("Chromium is not installed; .ci/run installs it")
         pytest.skip("Chromium is not installed (apt-get install chromium): JupyterLab check not run")
-    websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
+    pytest.importorskip("websocket", reason="websocket-client is not installed")
     root = tmp_path / "lab"
     root.mkdir()
     for nb in NOTEBOOKS:
@@ -73,20 +74,8 @@ def test_opening_a_notebook_in_jupyterlab_does_not_modify_it(tmp_path):
         _wait_http(f"http://127.0.0.1:{lab_port}/lab", 90)
         targets = json.loads(_wait_http(f"http://127.0.0.1:{cdp_port}/json", 30))
         page = next(t for t in targets if t["type"] == "page")
-        ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60)
-        ids = iter(range(1, 10**6))
-
-        def call(method, **params):
-            i = next(ids)
-            ws.send(json.dumps({"id": i, "method": method, "params": params}))
-            while True:
-                message = json.loads(ws.recv())
-                if message.get("id") == i:
-                    return message.get("result", {})
-
-        def evaluate(expression):
-            return call("Runtime.evaluate", expression=expression, returnByValue=True).get("result", {}).get("value")
-
+        page_tools = DevTools(page["webSocketDebuggerUrl"])
+        call, evaluate = page_tools.call, page_tools.evaluate
         dirty = {}
         for nb in NOTEBOOKS:
             call("Page.navigate", url=f"http://127.0.0.1:{lab_port}/lab/tree/{nb.name}")
@@ -101,7 +90,7 @@ def test_opening_a_notebook_in_jupyterlab_does_not_modify_it(tmp_path):
             time.sleep(2.0)  # kernel info arrives; a mismatched kernelspec or language_info is rewritten now
             dirty[nb.name] = evaluate("Array.from(document.querySelectorAll('.lm-TabBar-tab.jp-mod-dirty'))"
                                       ".map(t => t.textContent)")
-        ws.close()
+        page_tools.ws.close()
     finally:
         browser.terminate()
         lab.terminate()
