@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtml_lib import distributed as _dist
 from mtml_lib.meta.core import MetaLearner, Loss, _check_int
 from mtml_lib.meta.tasks import TaskBatch
 
@@ -117,7 +118,7 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
                validate: Callable[[nn.Module], float] | None = None, verbose: bool = False,
                checkpoint: str | Path | None = None, key: str = "",
                after_step: Callable[[nn.Module], None] | None = None, halve_every: int | None = None,
-               restore_best: bool = True) -> History:
+               restore_best: bool = True, distributed: bool | None = None) -> History:
     """Meta-train ``learner`` with Adam(``meta_lr``) on ``n_iterations`` fresh meta-batches of ``meta_batch``
     tasks. Returns the :class:`History` of the mean query loss, averaged over windows of ``log_every``.
 
@@ -142,6 +143,18 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
 
     ``History.seconds`` is the wall time of the loop, validation and checkpoint writes included; a
     resumed run adds its own time to the time recorded up to the checkpoint.
+
+    ``distributed``: data-parallel over the meta-batch on the initialised ``torch.distributed`` process
+    group (``None``, the default: whenever one of more than one rank is initialised, as under
+    ``torchrun``). Every rank draws the same global meta-batch of ``meta_batch`` tasks from its own copy
+    of the sampler (build it with the same seed on every rank), adapts its contiguous share
+    (:func:`mtml_lib.distributed.shard`), and the meta-gradients are averaged over all tasks of the
+    global meta-batch before one identical optimiser step on every rank (rank 0's initial parameters are
+    broadcast first). A run on W ranks therefore follows the one-process run with the same ``meta_batch``
+    to float tolerance. Only rank 0 writes the checkpoint and prints; the checkpoint holds nothing
+    per-rank, so a run resumes from it on any number of ranks. ``validate`` runs on every rank (the
+    parameters are the same, so are the scores). The learner needs a meta-objective that is a mean over
+    tasks (every learner of :mod:`mtml_lib.meta` has one).
     """
     _check_training(n_iterations, meta_batch, meta_lr, log_every)
     optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
@@ -164,15 +177,29 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
         checkpoint = Path(checkpoint)
         if checkpoint.exists():
             done, best_state = _resume(checkpoint, learner, optimizer, scheduler, sample, history, settings)
-            if verbose:
+            if verbose and _dist.is_main():
                 print(f"resumed from {checkpoint} at iteration {done}/{n_iterations}", flush=True)
+    parallel = _dist.active(distributed)
+    if parallel:
+        rank, world = _dist.world_info()
+        part = _dist.shard(meta_batch, rank, world)
+        share = (part.stop - part.start) / meta_batch
+        # no rank may look for the checkpoint after rank 0 has written a new one
+        _dist.barrier()
+        _dist.broadcast_module(learner)
+        step_with = _dist.AveragingOptimizer(optimizer, learner.parameters(), share)
     seconds_before = history.seconds
     start = time.perf_counter()
     if after_step is not None and done == 0:
         with torch.no_grad():
             after_step(learner)
     for it in range(done + 1, n_iterations + 1):
-        window.append(learner.meta_step(optimizer, sample(meta_batch)).loss)
+        if parallel:
+            loss = learner.meta_step(step_with, sample(meta_batch).select(part)).loss.detach().clone()
+            _dist.average_([loss], share)
+            window.append(loss)
+        else:
+            window.append(learner.meta_step(optimizer, sample(meta_batch)).loss)
         if after_step is not None:
             with torch.no_grad():
                 after_step(learner)
@@ -194,9 +221,9 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
             line += f" validation {score:.4f}"
         history.seconds = seconds_before + time.perf_counter() - start
         history.elapsed.append(history.seconds)
-        if checkpoint is not None:
+        if checkpoint is not None and _dist.is_main():
             _save(checkpoint, learner, optimizer, scheduler, sample, history, settings, it, best_state)
-        if verbose:
+        if verbose and _dist.is_main():
             print(f"{line} ({history.seconds:.0f} s)", flush=True)
     if best_state is not None and restore_best:
         learner.load_state_dict(best_state)

@@ -40,6 +40,17 @@ the trainer keeps the best state by validation and, with ``restore_best``, loads
 on a validation split, never on the test split. :func:`evaluate` gives per-task mean losses and is a
 ready-made ``validate``.
 
+Data-parallel training (``distributed``, on an initialised ``torch.distributed`` group such as
+``torchrun`` makes): every rank steps on its own part of each global batch (equal sizes on every rank,
+as ``DistributedSampler(drop_last=True)`` or :func:`mtml_lib.distributed.shard` give), and the ranks
+average what a strategy needs *before* it acts: a gradient-based strategy combines the rank-averaged
+per-task matrix ``G`` with the rank-averaged losses, so every rank computes the direction one process
+computes on the global batch (averaging the combined directions instead would be wrong: PCGrad, MGDA
+and CAGrad are not linear in ``G``); a loss-based strategy weighs the rank-averaged loss values and the
+gradients are averaged after the backward pass (the ordinary all-reduce). BatchNorm statistics are
+local to each rank by default; ``batchnorm="sync"`` converts the model's BatchNorm layers to
+``nn.SyncBatchNorm`` (torch runs those on GPUs only).
+
 A NaN or infinite task loss stops training with :class:`NonFiniteLossError`, which names the task, the
 step and the epoch.
 """
@@ -57,6 +68,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mtml_lib import distributed as _dist
 from mtml_lib.models.multitask import MultiTaskModel
 from mtml_lib.mtl.weighting.base import EqualWeights, Weighting
 
@@ -230,7 +242,11 @@ class MultiTaskTrainer:
 
     device: move the model there (default: where its parameters are).
 
-    progress: show a ``tqdm.auto`` bar over epochs with the latest task losses.
+    progress: show a ``tqdm.auto`` bar over epochs with the latest task losses (rank 0 only).
+
+    distributed: data-parallel over the ranks of the ``torch.distributed`` group (None: whenever one of
+        more than one rank is initialised); rank 0's parameters are broadcast at construction.
+        ``batchnorm``: ``"local"`` (each rank its own batch statistics) or ``"sync"`` (``nn.SyncBatchNorm``).
     """
 
     def __init__(
@@ -251,6 +267,8 @@ class MultiTaskTrainer:
         progress: bool = True,
         desc: str = "train",
         lbfgs_iterations: int = 20,
+        distributed: bool | None = None,
+        batchnorm: str = "local",
     ):
         if not isinstance(model, MultiTaskModel):
             raise TypeError(f"MultiTaskTrainer needs a MultiTaskModel, got {type(model).__name__}")
@@ -285,6 +303,13 @@ class MultiTaskTrainer:
             raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
         if grad_clip is not None and optimizer == "lbfgs":
             raise ValueError("grad_clip does not combine with optimizer 'lbfgs' (it would break the line search)")
+        self.parallel = _dist.active(distributed)
+        if batchnorm not in ("local", "sync"):
+            raise ValueError(f"unknown batchnorm {batchnorm!r}; valid choices: ['local', 'sync']")
+        if self.parallel and optimizer == "lbfgs":
+            raise ValueError("optimizer 'lbfgs' does not run data-parallel; use 'sgd', 'adam' or 'adamw'")
+        if self.parallel and batchnorm == "sync":
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if device is not None:
             model.to(device)
         first = next(iter(model.parameters()), None)
@@ -298,6 +323,8 @@ class MultiTaskTrainer:
         if not self.model_params:
             raise ValueError("nothing to train: the shared module is frozen and the heads have no trainable parameters")
         self.strategy_params = list(self.weighting.parameters())
+        if self.parallel:
+            _dist.broadcast_module(model)
         for p in self.strategy_params:
             if p.device != self.device:
                 raise ValueError(f"weighting parameters are on {p.device} but the model is on {self.device}")
@@ -320,7 +347,7 @@ class MultiTaskTrainer:
         self.weight_decay = weight_decay
         self.schedule, self.step_size, self.gamma = schedule, step_size, gamma
         self.grad_clip = grad_clip
-        self.progress, self.desc = progress, desc
+        self.progress, self.desc = progress and _dist.is_main(), desc
         self.global_step = 0
         self.epoch = 0
         self._last_objective = math.nan
@@ -336,11 +363,13 @@ class MultiTaskTrainer:
                 "Lower the learning rate, clip gradients (grad_clip) or check the data of that task."
             )
 
-    def _backward_gradients(self, losses: torch.Tensor) -> torch.Tensor:
+    def _backward_gradients(self, losses: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Gradient-based strategies: per-task gradients of θ -> combine -> θ.grad; each head gets ∇ L_i.
 
         One backward pass per task, over θ and that task's own head together: a head appears in its own
         task's loss only, so its gradient of Σ_i L_i is the gradient of L_i, taken in the same pass.
+        ``values``: the task losses the strategy sees (data-parallel: averaged over the ranks, as are the
+        gradients, before ``combine``).
         """
         shared = self.shared_params
         rows = []
@@ -356,9 +385,13 @@ class MultiTaskTrainer:
                 rows.append(torch.cat([
                     (torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads[:len(shared)], shared)
                 ]))
+        if self.parallel:
+            heads = [p.grad for p in self.head_params if p.grad is not None]
+            matrix = torch.stack(rows) if shared else None
+            _dist.average_(([matrix] if shared else []) + heads, 1 / _dist.world_info()[1])
         if shared:
-            matrix = torch.stack(rows)
-            direction = self.weighting.combine(matrix, losses.detach(), self.global_step)
+            matrix = matrix if self.parallel else torch.stack(rows)
+            direction = self.weighting.combine(matrix, values, self.global_step)
             if direction.shape != (matrix.shape[1],):
                 raise ValueError(
                     f"{self.weighting.name}.combine returned shape {tuple(direction.shape)}, expected ({matrix.shape[1]},)"
@@ -373,7 +406,7 @@ class MultiTaskTrainer:
                 n = p.numel()
                 p.grad = direction[offset:offset + n].view_as(p).detach().clone()
                 offset += n
-        return losses.detach().sum()
+        return values.sum()
 
     def _loss_objective(self, losses: torch.Tensor) -> torch.Tensor:
         objective = self.weighting.loss(losses, self.global_step)
@@ -418,8 +451,22 @@ class MultiTaskTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses = batch_losses(self.model, batch, self.tasks)
         self._check_finite(losses)
+        values = losses.detach()
+        if self.parallel:
+            values = values.clone()
+            _dist.average_([values], 1 / _dist.world_info()[1])
         if self.weighting.uses_gradients:
-            objective = self._backward_gradients(losses)
+            objective = self._backward_gradients(losses, values)
+        elif self.parallel:
+            # the strategy weighs the global loss values; each rank's gradient is of its own losses
+            objective = self._loss_objective(losses + (values - losses).detach())
+            objective.backward()
+            objective = objective.detach()
+            params = [p for p in self.model_params + self.strategy_params if p.requires_grad]
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            _dist.average_([p.grad for p in params], 1 / _dist.world_info()[1])
         else:
             objective = self._loss_objective(losses)
             objective.backward()
@@ -429,7 +476,7 @@ class MultiTaskTrainer:
         self.optimizer.step()
         self.global_step += 1
         self._last_objective = float(objective)
-        return losses.detach()
+        return values
 
     # --------------------------------------------------------------------------------------- fit
     def _scheduler(self, epochs: int):
