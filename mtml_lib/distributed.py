@@ -29,6 +29,7 @@ The API
     average_(tensors, weight)           # in place: all-reduce sum of weight * tensor
     broadcast_module(model)             # rank 0's parameters and buffers on every rank
     step = AveragingOptimizer(opt, params, weight)   # step(): average .grad over ranks, then opt.step()
+    sync_batchnorm(model)               # BatchNorm layers normalise with the statistics of the global batch
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def active(flag: bool | None = None) -> bool:
@@ -135,4 +138,65 @@ class AveragingOptimizer:
         return getattr(self.optimizer, name)
 
 
-__all__ = ["AveragingOptimizer", "active", "average_", "barrier", "broadcast_module", "is_main", "shard", "world_info"]
+class SyncedBatchNorm(_BatchNorm):
+    """BatchNorm whose training-mode statistics are those of the global batch (all ranks together).
+
+    The per-channel sums ``Σ x`` and ``Σ (x − mean)²`` over the batch and spatial dimensions are summed
+    over the ranks with an all-reduce that autograd differentiates (its backward all-reduces the
+    incoming gradients), so the gradient is that of the one-process network on the global batch. Runs on
+    any backend, gloo on CPUs included (torch's ``nn.SyncBatchNorm`` runs on GPUs only). Input
+    ``(B, C, *)``; evaluation mode, a single process, or a layer without running statistics in eval mode
+    behave as ``nn.BatchNorm*``.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"SyncedBatchNorm({self.num_features}) expects (B, {self.num_features}, *), "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        batch_stats = self.training or not self.track_running_stats
+        if not batch_stats or world_info()[1] == 1:
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() // self.num_features], dtype=x.dtype, device=x.device)
+        dist.all_reduce(count)
+        mean = dist_fn.all_reduce(x.sum(dims)) / count
+        centred = x - mean.view(shape)
+        var = dist_fn.all_reduce((centred ** 2).sum(dims)) / count
+        y = centred / torch.sqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
+                unbiased = var.detach() * count / (count - 1).clamp(min=1)
+                self.running_var.mul_(1 - factor).add_(factor * unbiased)
+        return y
+
+
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm*`` inside ``module`` (in place) by a :class:`SyncedBatchNorm` with the
+    same settings, parameters and running statistics; returns ``module`` (or the replacement, when
+    ``module`` itself is a BatchNorm)."""
+    if isinstance(module, _BatchNorm) and not isinstance(module, SyncedBatchNorm):
+        synced = SyncedBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                 module.track_running_stats)
+        floats = [t for t in module.state_dict().values() if t.is_floating_point()]
+        if floats:
+            synced.to(floats[0].device, floats[0].dtype)
+        synced.load_state_dict(module.state_dict())
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        replaced = sync_batchnorm(child)
+        if replaced is not child:
+            setattr(module, name, replaced)
+    return module
+
+
+__all__ = ["AveragingOptimizer", "SyncedBatchNorm", "sync_batchnorm", "active", "average_", "barrier", "broadcast_module", "is_main", "shard", "world_info"]

@@ -85,10 +85,11 @@ def resumed(path) -> dict:
 TASKS = ("a", "b", "c")
 
 
-def mtl_model() -> MultiTaskModel:
+def mtl_model(norm: bool = False) -> MultiTaskModel:
     torch.manual_seed(0)
     tasks = [Task(n, head=lambda: nn.Linear(3, 1), loss=mse_loss) for n in TASKS]
-    return MultiTaskModel(nn.Sequential(nn.Linear(6, 3), nn.Tanh()), tasks).to(DT)
+    layers = [nn.Linear(6, 3), nn.BatchNorm1d(3), nn.Tanh()] if norm else [nn.Linear(6, 3), nn.Tanh()]
+    return MultiTaskModel(nn.Sequential(*layers), tasks).to(DT)
 
 
 def mtl_batch(part: slice = slice(None)) -> dict:
@@ -101,16 +102,18 @@ def mtl_batch(part: slice = slice(None)) -> dict:
     return batch
 
 
-def mtl_steps(strategy: str, part: slice = slice(None)) -> dict:
-    """Three steps; after each, every trainable gradient (the combined direction on the shared part)."""
-    trainer = MultiTaskTrainer(mtl_model(), get_weighting(strategy, len(TASKS)), optimizer="sgd", lr=0.1,
-                               progress=False)
+def mtl_steps(strategy: str, part: slice = slice(None), batchnorm: str | None = None) -> dict:
+    """Three steps; after each, every trainable gradient (the combined direction on the shared part).
+    ``batchnorm``: None for a model without BatchNorm, else the trainer's choice for the one it has."""
+    trainer = MultiTaskTrainer(mtl_model(norm=batchnorm is not None), get_weighting(strategy, len(TASKS)),
+                               optimizer="sgd", lr=0.1, progress=False, batchnorm=batchnorm or "local")
     out = {}
     for k in range(3):
         out[f"losses/{k}"] = trainer.step(mtl_batch(part))
         out[f"shared/{k}"] = torch.cat([p.grad.reshape(-1) for p in trainer.shared_params])
         out[f"heads/{k}"] = torch.cat([p.grad.reshape(-1) for p in trainer.head_params])
     out["params"] = torch.cat([p.detach().reshape(-1) for p in trainer.model_params])
+    out["buffers"] = torch.cat([b.double().reshape(-1) for b in trainer.model.buffers()] + [torch.zeros(0, dtype=DT)])
     return out
 
 
@@ -125,6 +128,9 @@ def _worker(rank: int, world: int, rendezvous: str, job: str, folder: str) -> No
         elif job == "interrupt":
             run_interrupted(f"{folder}/run.pt", seed=rank * 7)
             result = {}
+        elif job == "batchnorm":
+            part = mdist.shard(12, rank, world)
+            result = {(s, bn): mtl_steps(s, part, bn) for s in ("ew", "pcgrad") for bn in ("local", "sync")}
         else:
             part = mdist.shard(12, rank, world)
             result = {s: mtl_steps(s, part) for s in sorted(WEIGHTINGS) if s != "fixed"}
@@ -139,6 +145,10 @@ def spawn(job: str, folder) -> list[dict]:
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> bool:
+    if a.shape != b.shape:
+        return False
+    if b.numel() == 0:
+        return True
     return bool(((a - b).abs().max() <= tol * max(1.0, float(b.abs().max()))))
 
 
@@ -205,3 +215,14 @@ def test_two_ranks_combine_the_one_process_direction_for_every_strategy(tmp_path
         # each rank's own half gives another direction: the match above is the all-reduce's doing
         half = mtl_steps(strategy, slice(0, 6))
         assert not close(half["shared/0"], single["shared/0"]), strategy
+
+
+def test_synchronised_batchnorm_trains_the_one_process_network(tmp_path):
+    ranks = spawn("batchnorm", tmp_path)
+    for strategy in ("ew", "pcgrad"):
+        single = mtl_steps(strategy, batchnorm="local")
+        for rank in ranks:
+            for key, value in single.items():  # gradients, parameters and running statistics
+                assert close(rank[(strategy, "sync")][key], value), (strategy, key)
+            # local statistics (each rank normalises its own half) give another network
+            assert not close(rank[(strategy, "local")]["shared/0"], single["shared/0"]), strategy

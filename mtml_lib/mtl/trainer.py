@@ -48,8 +48,9 @@ per-task matrix ``G`` with the rank-averaged losses, so every rank computes the 
 computes on the global batch (averaging the combined directions instead would be wrong: PCGrad, MGDA
 and CAGrad are not linear in ``G``); a loss-based strategy weighs the rank-averaged loss values and the
 gradients are averaged after the backward pass (the ordinary all-reduce). BatchNorm statistics are
-local to each rank by default; ``batchnorm="sync"`` converts the model's BatchNorm layers to
-``nn.SyncBatchNorm`` (torch runs those on GPUs only).
+local to each rank by default; ``batchnorm="sync"`` replaces the model's ``nn.BatchNorm*`` layers by
+:class:`mtml_lib.distributed.SyncedBatchNorm`, which normalises with the statistics of the global batch
+(on CPUs too), so the trained network is the one-process network.
 
 A NaN or infinite task loss stops training with :class:`NonFiniteLossError`, which names the task, the
 step and the epoch.
@@ -246,7 +247,8 @@ class MultiTaskTrainer:
 
     distributed: data-parallel over the ranks of the ``torch.distributed`` group (None: whenever one of
         more than one rank is initialised); rank 0's parameters are broadcast at construction.
-        ``batchnorm``: ``"local"`` (each rank its own batch statistics) or ``"sync"`` (``nn.SyncBatchNorm``).
+        ``batchnorm``: ``"local"`` (each rank its own batch statistics) or ``"sync"`` (the global batch's;
+        the model's BatchNorm layers are replaced in place).
     """
 
     def __init__(
@@ -309,7 +311,7 @@ class MultiTaskTrainer:
         if self.parallel and optimizer == "lbfgs":
             raise ValueError("optimizer 'lbfgs' does not run data-parallel; use 'sgd', 'adam' or 'adamw'")
         if self.parallel and batchnorm == "sync":
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            _dist.sync_batchnorm(model)
         if device is not None:
             model.to(device)
         first = next(iter(model.parameters()), None)
