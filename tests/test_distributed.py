@@ -226,3 +226,6 @@ def test_synchronised_batchnorm_trains_the_one_process_network(tmp_path):
                 assert close(rank[(strategy, "sync")][key], value), (strategy, key)
             # local statistics (each rank normalises its own half) give another network
             assert not close(rank[(strategy, "local")]["shared/0"], single["shared/0"]), strategy
+        # ... but the same one on every rank, running statistics included
+        for key in ("params", "buffers"):
+            assert torch.equal(ranks[0][(strategy, "local")][key], ranks[1][(strategy, "local")][key]), key

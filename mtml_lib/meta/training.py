@@ -154,7 +154,10 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
     to float tolerance. Only rank 0 writes the checkpoint and prints; the checkpoint holds nothing
     per-rank, so a run resumes from it on any number of ranks. ``validate`` runs on every rank (the
     parameters are the same, so are the scores). The learner needs a meta-objective that is a mean over
-    tasks (every learner of :mod:`mtml_lib.meta` has one).
+    tasks (every learner of :mod:`mtml_lib.meta` has one). Running statistics (BatchNorm buffers) are
+    updated by each rank's own tasks and then averaged over the ranks after every step, which keeps the
+    ranks identical but is not the one-process sequence of updates; models without them (the default
+    ``norm="plain"`` Conv4) follow the one-process run.
     """
     _check_training(n_iterations, meta_batch, meta_lr, log_every)
     optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
@@ -188,6 +191,7 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
         _dist.barrier()
         _dist.broadcast_module(learner)
         step_with = _dist.AveragingOptimizer(optimizer, learner.parameters(), share)
+        running = [b for b in learner.buffers() if b.is_floating_point()]
     seconds_before = history.seconds
     start = time.perf_counter()
     if after_step is not None and done == 0:
@@ -197,6 +201,7 @@ def meta_train(learner: nn.Module, sample: Sampler, n_iterations: int, meta_batc
         if parallel:
             loss = learner.meta_step(step_with, sample(meta_batch).select(part)).loss.detach().clone()
             _dist.average_([loss], share)
+            _dist.average_(running, 1 / world)
             window.append(loss)
         else:
             window.append(learner.meta_step(optimizer, sample(meta_batch)).loss)

@@ -50,7 +50,9 @@ and CAGrad are not linear in ``G``); a loss-based strategy weighs the rank-avera
 gradients are averaged after the backward pass (the ordinary all-reduce). BatchNorm statistics are
 local to each rank by default; ``batchnorm="sync"`` replaces the model's ``nn.BatchNorm*`` layers by
 :class:`mtml_lib.distributed.SyncedBatchNorm`, which normalises with the statistics of the global batch
-(on CPUs too), so the trained network is the one-process network.
+(on CPUs too), so the trained network is the one-process network. With local statistics the running
+averages that evaluation uses are averaged over the ranks after every step, so that every rank holds the
+same model (and validation selects the same epoch everywhere).
 
 A NaN or infinite task loss stops training with :class:`NonFiniteLossError`, which names the task, the
 step and the epoch.
@@ -476,6 +478,8 @@ class MultiTaskTrainer:
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model_params, self.grad_clip)
         self.optimizer.step()
+        if self.parallel:  # running statistics: the same on every rank, so validation and selection agree
+            _dist.average_([b for b in self.model.buffers() if b.is_floating_point()], 1 / _dist.world_info()[1])
         self.global_step += 1
         self._last_objective = float(objective)
         return values
