@@ -103,7 +103,8 @@ def test_labels_resolve_and_unknown_methods_are_refused():
     assert plotting.dataset_colour("Omniglot") == plotting.DATASET_COLOURS["Omniglot"]
 
 
-@pytest.mark.parametrize("notebook", ["01_math_model", "02_multitask_cls_seg", "03_maml_sinusoid", "05_knowledge_transfer"])
+@pytest.mark.parametrize("notebook", ["01_math_model", "02_multitask_cls_seg", "03_maml_sinusoid", "04_few_shot_classification",
+                                      "05_knowledge_transfer"])
 def test_notebook_figures_take_colours_from_the_map(notebook):
     """A notebook that picks colours by position in the palette gives one method different colours in
     different figures; its code must go through ``method_colour``/``method_style`` instead."""
