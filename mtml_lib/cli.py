@@ -3,7 +3,7 @@
 Usage::
 
     mtml run [NOTEBOOK ...] [--profile smoke|quick|full] [--device auto|cpu|cuda|mps] [--seed N]
-             [--out DIR] [--fail-fast] [--store]
+             [--out DIR] [--fail-fast] [--store] [--jobs N]
     mtml list
     mtml figures [--out DIR] [--profile P]
     mtml release [EXERCISE ...] --out DIR
@@ -32,6 +32,17 @@ def _seed(text: str) -> int:
                                          else f"seed must be an integer, got {text!r}") from None
 
 
+def _jobs(text: str) -> int:
+    from mtml_lib import pipeline
+
+    try:
+        return pipeline.check_jobs(int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err) if isinstance(err, config.ConfigError)
+                                         else f"jobs must be an integer from 1 to {pipeline.MAX_JOBS}, "
+                                              f"got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtml",
@@ -55,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
     run.add_argument("--store", action="store_true",
                      help="write successful runs back into notebooks/ (outputs kept, papermill metadata stripped)")
+    run.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                     help="run up to N notebooks at a time, one process each (default 1); results, figures and "
+                          "stored notebooks are those of a serial run")
     run.add_argument("--no-progress", action="store_true", help="hide the per-cell progress bar")
 
     sub.add_parser("list", help="list the notebooks in order with a one-line description",
@@ -171,7 +185,7 @@ def _main(argv: list[str] | None = None) -> int:
             return 0
         results = pipeline.run_notebooks(
             args.notebooks, profile=args.profile, device=args.device, seed=args.seed, out=args.out,
-            fail_fast=args.fail_fast, store=args.store, progress=not args.no_progress,
+            fail_fast=args.fail_fast, store=args.store, progress=not args.no_progress, jobs=args.jobs,
         )
     except (config.ConfigError, exercises.ExerciseError) as err:
         parser.exit(2, f"mtml: error: {err}\n")

@@ -186,11 +186,16 @@ def run_notebooks(
     store: bool = False,
     progress: bool = True,
     log=print,
+    jobs: int = 1,
 ) -> list[NotebookResult]:
     """Execute notebooks in order; return one :class:`NotebookResult` each (see module docstring).
 
     Profile and device are resolved here, before any notebook starts, so a bad value fails at once.
+    ``jobs`` > 1 executes up to that many notebooks at a time, each in its own process (see
+    :func:`_run_parallel`); the notebooks do not read each other's outputs, so every result, figure and
+    stored notebook is the one a serial run writes (only the wall times differ).
     """
+    jobs = check_jobs(jobs)
     dev = config.resolve_device(device)
     prof = config.resolve_profile(profile, dev)
     paths = resolve(names)
@@ -226,11 +231,100 @@ def run_notebooks(
     # progress bars inside the notebooks would be stored as widget state; papermill's own bar shows progress
     with _environment(MTML_OUT=str(root), TQDM_DISABLE="1"):
         try:
-            _run_each(paths, prof, dev, seed, build, fail_fast, store, progress, log, results)
+            if jobs > 1 and len(paths) > 1:
+                _run_parallel(paths, prof, dev, seed, build, fail_fast, store, log, results, jobs)
+            else:
+                _run_each(paths, prof, dev, seed, build, fail_fast, store, progress, log, results)
         finally:  # also after Ctrl-C: the gallery then lists exactly the figures on disk
             gallery = write_gallery(figures)
     log(f"figure gallery: {gallery}")
     return results
+
+
+MAX_JOBS = 64
+
+
+def check_jobs(jobs) -> int:
+    """``jobs`` as a positive integer, or a :class:`~mtml_lib.config.ConfigError` naming the valid range."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise config.ConfigError(f"jobs must be an integer from 1 to {MAX_JOBS}, got {jobs!r}")
+    return jobs
+
+
+def _execute_job(path: Path, output: Path, parameters: dict) -> tuple[float, tuple[str, int | None, str | None] | None]:
+    """One notebook in a worker process: its wall time, and None when it ran, else the error line and
+    failing cell (described here, in the worker, because papermill's exceptions do not survive pickling).
+
+    The kernel's own messages (its stderr, inherited from this process) go to ``<output>.stderr.txt``
+    beside the executed copy, so that notebooks running side by side do not interleave them on the terminal.
+    """
+    t0 = time.perf_counter()
+    sys.stderr.flush()
+    with open(output.with_name(output.stem + ".stderr.txt"), "w") as messages:
+        os.dup2(messages.fileno(), 2)
+    try:
+        _execute(path, output, parameters, progress=False)
+    except Exception as err:  # noqa: BLE001 - reported by the parent with the notebook's name
+        return time.perf_counter() - t0, _failure(err, output)
+    return time.perf_counter() - t0, None
+
+
+def _run_parallel(paths: list[Path], prof: str, dev, seed: int, build: Path, fail_fast: bool, store: bool,
+                  log, results: list[NotebookResult], jobs: int) -> None:
+    """Execute ``paths`` with up to ``jobs`` notebooks at a time, each in a fresh (spawned) process.
+
+    Results are appended in notebook order whatever order the runs end in; ``store`` writes a notebook back
+    as soon as its run has ended well. With ``fail_fast`` no notebook starts after the first failure (those
+    running finish). Ctrl-C interrupts the running notebooks (their kernels are shut down)
+    and cancels the rest. Each worker inherits ``MTML_OUT`` and ``TQDM_DISABLE`` from this process; the
+    figure index is written under a file lock and the data caches atomically, so runs side by side do not
+    disturb each other.
+    """
+    import multiprocessing
+    import signal
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    n = len(paths)
+    parameters = {"profile": prof, "device": str(dev), "seed": int(seed)}
+    done: dict[int, NotebookResult] = {}
+    log(f"running {n} notebooks, up to {jobs} at a time (one process each; per-cell progress not shown)")
+    pool = ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=multiprocessing.get_context("spawn"))
+    queue = list(enumerate(paths, 1))
+    try:
+        pending = {}
+        while queue or pending:
+            while queue and len(pending) < jobs:  # submitted only when a worker is free: nothing waits queued
+                i, path = queue.pop(0)
+                output = build / path.name
+                log(f"[{i}/{n}] {path.stem}: profile={prof} device={dev} seed={seed} -> {output}")
+                pending[pool.submit(_execute_job, path, output, parameters)] = (i, path, output)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, path, output = pending.pop(future)
+                wall, failure = future.result()
+                if failure is None:
+                    done[i] = NotebookResult(path.stem, prof, str(dev), "ok", wall, output)
+                    log(f"[{i}/{n}] {path.stem}: ok in {wall:.0f} s")
+                    if store:
+                        nbformat.write(strip_run_metadata(nbformat.read(output, as_version=4)), path)
+                        log(f"[{i}/{n}] {path.stem}: outputs stored in {path}")
+                    continue
+                message, cell, source = failure
+                done[i] = result = NotebookResult(path.stem, prof, str(dev), "failed", wall, output, message, cell, source)
+                where = f" at {result.where}" if result.where else ""
+                log(f"[{i}/{n}] {path.stem}: FAILED{where}: {message} (executed copy kept: {output}; kernel "
+                    f"messages: {output.with_name(output.stem + '.stderr.txt')})")
+                if fail_fast and queue:
+                    log(f"--fail-fast: not starting {', '.join(p.stem for _, p in queue)}")
+                    queue.clear()
+    except KeyboardInterrupt:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)  # papermill then shuts its kernel down
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        results.extend(done[i] for i in sorted(done))
 
 
 def _run_each(paths: list[Path], prof: str, dev, seed: int, build: Path, fail_fast: bool, store: bool,

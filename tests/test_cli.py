@@ -254,3 +254,106 @@ def test_the_paper_profile_runs_only_where_a_notebook_has_one(capsys, monkeypatc
         cli.main(["run", "02", "--profile", "paper", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "has no 'paper' profile" in err and "'04_few_shot_classification'" in err
+
+
+def _waits_for(mine, other):
+    """Notebook code that announces ``mine`` and waits (at most 120 s) for ``other``: two such notebooks finish
+    only when they run at the same time."""
+    return (f"import pathlib, time\npathlib.Path({str(mine)!r}).touch()\nt0 = time.time()\n"
+            f"while not pathlib.Path({str(other)!r}).exists():\n"
+            f"    assert time.time() - t0 < 120, 'the other notebook never ran beside this one'\n    time.sleep(0.1)\n"
+            f"print('met the other notebook')")
+
+
+def test_jobs_runs_notebooks_side_by_side_with_the_serial_outputs(books, tmp_path, capsys):
+    good, broken, last = books
+    second = _notebook(
+        tmp_path / "04_second.ipynb",
+        "import matplotlib.pyplot as plt\nfrom mtml_lib import config, plotting\n"
+        "run = config.setup('00_overview', profile, device, seed, verbose=False)",
+        "fig = plt.figure(); entry = plotting.save_figure(fig, 'second_fig', caption='Made by another test.')\n"
+        "print(entry['caption'], entry['provenance']['seed'])")
+    a, b = tmp_path / "a.flag", tmp_path / "b.flag"
+    meet_a = _notebook(tmp_path / "05_meet_a.ipynb", _waits_for(a, b))
+    meet_b = _notebook(tmp_path / "06_meet_b.ipynb", _waits_for(b, a))
+    paths = [good, broken, last, second]
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    code_s, text_s = _run(["run", *map(str, paths), "--profile", "smoke", "--seed", "3", "--out", str(serial),
+                           "--no-progress"], capsys)
+    code_p, text_p = _run(["run", *map(str, paths + [meet_a, meet_b]), "--profile", "smoke", "--seed", "3", "--out",
+                           str(parallel), "--jobs", "2", "--no-progress"], capsys)
+    assert code_s == code_p == 1
+    assert "FAILED at cell 4 `raise ValueError('deliberately broken')`: ValueError: deliberately broken" in text_p
+    # the summary lists the notebooks in order, whichever ended first
+    table = text_p[text_p.index("notebook  "):]
+    assert [table.index(p.stem) for p in paths + [meet_a, meet_b]] == sorted(table.index(p.stem) for p in paths + [meet_a, meet_b])
+    for p in (meet_a, meet_b):  # they waited for each other: only a run side by side finishes them
+        assert "met the other notebook" in json.dumps(nbformat.read(parallel / "build" / p.name, as_version=4).cells[-1].outputs)
+    for p in paths:
+        outputs = [[{k: v for k, v in o.items() if k != "execution_count"} for o in c.get("outputs", [])]
+                   for c in nbformat.read(serial / "build" / p.name, as_version=4).cells]
+        again = [[{k: v for k, v in o.items() if k != "execution_count"} for o in c.get("outputs", [])]
+                 for c in nbformat.read(parallel / "build" / p.name, as_version=4).cells]
+        assert outputs == again, p.name
+    index = json.loads((parallel / "figures" / "smoke" / "index.json").read_text())
+    assert set(index) == set(json.loads((serial / "figures" / "smoke" / "index.json").read_text())) == {"good_fig", "second_fig"}
+    assert "second_fig" in (parallel / "figures" / "smoke" / "README.md").read_text()
+
+
+def test_jobs_with_store_and_fail_fast(books, tmp_path, capsys):
+    good, broken, last = books
+    code, _ = _run(["run", str(good), str(last), "--profile", "smoke", "--out", str(tmp_path / "out"), "--store",
+                    "--jobs", "2", "--no-progress"], capsys)
+    assert code == 0
+    assert "profile smoke seed 0" in json.dumps(nbformat.read(good, as_version=4).cells[-1].outputs)
+    assert "papermill" not in nbformat.read(last, as_version=4).metadata
+    # two workers: the broken notebook fails while the slow one runs; the slow one finishes, the third never starts
+    slow = _notebook(tmp_path / "02_slow.ipynb", "import time\ntime.sleep(8)\nprint('slow done')")
+    out = tmp_path / "ff"
+    code, text = _run(["run", str(broken), str(slow), str(last), "--profile", "smoke", "--out", str(out),
+                       "--fail-fast", "--jobs", "2", "--no-progress"], capsys)
+    assert code == 1 and "FAILED" in text and "not starting 03_last" in text
+    assert not (out / "build" / "03_last.ipynb").exists()
+    assert "slow done" in json.dumps(nbformat.read(out / "build" / "02_slow.ipynb", as_version=4).cells[-1].outputs)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "65"])
+def test_bad_jobs_are_usage_errors(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "03", "--profile", "smoke", "--jobs", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "jobs must be an integer from 1 to 64" in err and "Traceback" not in err
+
+
+def test_ctrl_c_with_jobs_stops_every_notebook_in_one_line(tmp_path):
+    """SIGINT to the parent alone (the harder case than a terminal's Ctrl-C, which every process receives):
+    the running kernels are shut down, nothing is left running, exit 130 without a traceback."""
+    import os
+    import signal
+    import time
+
+    pids = [tmp_path / f"{name}.pid" for name in ("a", "b")]
+    books = [_notebook(tmp_path / f"0{i}_sleeps.ipynb",
+                       f"import os, pathlib, time\npathlib.Path({str(pid)!r}).write_text(str(os.getpid()))\ntime.sleep(120)")
+             for i, pid in enumerate(pids, 1)]
+    process = subprocess.Popen([sys.executable, "-m", "mtml_lib", "run", *map(str, books), "--profile", "smoke",
+                                "--out", str(tmp_path / "out"), "--jobs", "2", "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not all(p.exists() and p.read_text() for p in pids):
+        assert time.time() < deadline and process.poll() is None, "the notebooks did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (out, err)
+    assert "mtml: interrupted" in err and "Traceback" not in out + err
+    for pid in (int(p.read_text()) for p in pids):  # the kernels are gone (reaped by their worker)
+        deadline = time.time() + 30
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.time() < deadline, f"kernel {pid} still running"
+            time.sleep(0.2)
