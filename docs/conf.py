@@ -32,6 +32,9 @@ exclude_patterns = ["_files/**", "**.ipynb_checkpoints"]
 # --- notebooks: read, never run ----------------------------------------------------------------------
 nb_execution_mode = "off"
 nb_merge_streams = True
+# Markdown that a cell displays (prose rendered from the run) is parsed like the notebook's own cells, so its
+# $...$ maths renders; commonmark, the default, would leave it as text
+nb_render_markdown_format = "myst"
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 myst_dmath_double_inline = True

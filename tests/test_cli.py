@@ -339,7 +339,10 @@ def test_ctrl_c_with_jobs_stops_every_notebook_in_one_line(tmp_path):
              for i, pid in enumerate(pids, 1)]
     process = subprocess.Popen([sys.executable, "-m", "mtml_lib", "run", *map(str, books), "--profile", "smoke",
                                 "--out", str(tmp_path / "out"), "--jobs", "2", "--no-progress"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a test run started in the background (make test &) ignores SIGINT, and children
+                               # inherit that: give the command the disposition a terminal gives it
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not all(p.exists() and p.read_text() for p in pids):
         assert time.time() < deadline and process.poll() is None, "the notebooks did not start"
