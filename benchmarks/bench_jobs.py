@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING_WORDS = ("time", "wall", "seconds", "started_at")
+TIMING_WORDS = ("time", "wall", "seconds", "started_at", "ms_per", "elapsed", "minutes")
 
 
 def numbers(value, path=""):
