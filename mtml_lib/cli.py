@@ -36,11 +36,13 @@ def _jobs(text: str) -> int:
     from mtml_lib import pipeline
 
     try:
-        return pipeline.check_jobs(int(text))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err) if isinstance(err, config.ConfigError)
-                                         else f"jobs must be an integer from 1 to {pipeline.MAX_JOBS}, "
-                                              f"got {text!r}") from None
+        value = int(text)
+    except ValueError:
+        value = text  # refused below with the valid range
+    try:
+        return pipeline.check_jobs(value)
+    except config.ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -251,22 +251,49 @@ def check_jobs(jobs) -> int:
     return jobs
 
 
-def _execute_job(path: Path, output: Path, parameters: dict) -> tuple[float, tuple[str, int | None, str | None] | None]:
-    """One notebook in a worker process: its wall time, and None when it ran, else the error line and
-    failing cell (described here, in the worker, because papermill's exceptions do not survive pickling).
-
-    The kernel's own messages (its stderr, inherited from this process) go to ``<output>.stderr.txt``
-    beside the executed copy, so that notebooks running side by side do not interleave them on the terminal.
-    """
+def _timed_execute(path: Path, output: Path, parameters: dict,
+                   progress: bool) -> tuple[float, tuple[str, int | None, str | None] | None]:
+    """Execute one notebook: its wall time, and None when it ran, else the error line and failing cell
+    (:func:`_failure`; described where it ran, because papermill's exceptions do not survive pickling)."""
     t0 = time.perf_counter()
-    sys.stderr.flush()
-    with open(output.with_name(output.stem + ".stderr.txt"), "w") as messages:
-        os.dup2(messages.fileno(), 2)
     try:
-        _execute(path, output, parameters, progress=False)
-    except Exception as err:  # noqa: BLE001 - reported by the parent with the notebook's name
+        _execute(path, output, parameters, progress)
+    except Exception as err:  # noqa: BLE001 - any failure is reported, then the next notebook runs
         return time.perf_counter() - t0, _failure(err, output)
     return time.perf_counter() - t0, None
+
+
+def _messages_path(output: Path) -> Path:
+    """Where a notebook run in a worker process leaves its kernel's messages: beside the executed copy."""
+    return output.with_name(output.stem + ".stderr.txt")
+
+
+def _execute_job(path: Path, output: Path, parameters: dict) -> tuple[float, tuple[str, int | None, str | None] | None]:
+    """:func:`_timed_execute` in a worker process. The kernel's own messages (its stderr, inherited from
+    this process) go to :func:`_messages_path`, so that notebooks running side by side do not interleave
+    them on the terminal."""
+    sys.stderr.flush()
+    with open(_messages_path(output), "w") as messages:
+        os.dup2(messages.fileno(), 2)
+    return _timed_execute(path, output, parameters, progress=False)
+
+
+def _conclude(tag: str, path: Path, output: Path, prof: str, dev, wall: float,
+              failure: tuple[str, int | None, str | None] | None, store: bool, log,
+              messages: Path | None = None) -> NotebookResult:
+    """The :class:`NotebookResult` of one finished run, its failure logged with the cell, or (``store``)
+    its outputs written back over ``path`` without papermill's metadata."""
+    if failure is not None:
+        message, cell, source = failure
+        result = NotebookResult(path.stem, prof, str(dev), "failed", wall, output, message, cell, source)
+        where = f" at {result.where}" if result.where else ""
+        kept = f"executed copy kept: {output}" + (f"; kernel messages: {messages}" if messages else "")
+        log(f"{tag} {path.stem}: FAILED{where}: {message} ({kept})")
+        return result
+    if store:
+        nbformat.write(strip_run_metadata(nbformat.read(output, as_version=4)), path)
+        log(f"{tag} {path.stem}: outputs stored in {path}")
+    return NotebookResult(path.stem, prof, str(dev), "ok", wall, output)
 
 
 def _run_parallel(paths: list[Path], prof: str, dev, seed: int, build: Path, fail_fast: bool, store: bool,
@@ -303,18 +330,10 @@ def _run_parallel(paths: list[Path], prof: str, dev, seed: int, build: Path, fai
                 i, path, output = pending.pop(future)
                 wall, failure = future.result()
                 if failure is None:
-                    done[i] = NotebookResult(path.stem, prof, str(dev), "ok", wall, output)
                     log(f"[{i}/{n}] {path.stem}: ok in {wall:.0f} s")
-                    if store:
-                        nbformat.write(strip_run_metadata(nbformat.read(output, as_version=4)), path)
-                        log(f"[{i}/{n}] {path.stem}: outputs stored in {path}")
-                    continue
-                message, cell, source = failure
-                done[i] = result = NotebookResult(path.stem, prof, str(dev), "failed", wall, output, message, cell, source)
-                where = f" at {result.where}" if result.where else ""
-                log(f"[{i}/{n}] {path.stem}: FAILED{where}: {message} (executed copy kept: {output}; kernel "
-                    f"messages: {output.with_name(output.stem + '.stderr.txt')})")
-                if fail_fast and queue:
+                done[i] = _conclude(f"[{i}/{n}]", path, output, prof, dev, wall, failure, store, log,
+                                    messages=_messages_path(output))
+                if failure is not None and fail_fast and queue:
                     log(f"--fail-fast: not starting {', '.join(p.stem for _, p in queue)}")
                     queue.clear()
     except KeyboardInterrupt:
@@ -330,27 +349,14 @@ def _run_parallel(paths: list[Path], prof: str, dev, seed: int, build: Path, fai
 def _run_each(paths: list[Path], prof: str, dev, seed: int, build: Path, fail_fast: bool, store: bool,
               progress: bool, log, results: list[NotebookResult]) -> None:
     """Execute ``paths`` in order, appending one :class:`NotebookResult` each to ``results``."""
+    parameters = {"profile": prof, "device": str(dev), "seed": int(seed)}
     for i, path in enumerate(paths, 1):
-        name = path.stem
         output = build / path.name
-        log(f"[{i}/{len(paths)}] {name}: profile={prof} device={dev} seed={seed} -> {output}")
-        t0 = time.perf_counter()
-        try:
-            _execute(path, output, {"profile": prof, "device": str(dev), "seed": int(seed)}, progress)
-        except Exception as err:  # noqa: BLE001 - any failure is reported, then the next notebook runs
-            message, cell, source = _failure(err, output)
-            result = NotebookResult(name, prof, str(dev), "failed", time.perf_counter() - t0, output, message, cell, source)
-            results.append(result)
-            where = f" at {result.where}" if result.where else ""
-            log(f"[{i}/{len(paths)}] {name}: FAILED{where}: {message} (executed copy kept: {output})")
-            if fail_fast:
-                break
-            continue
-        results.append(NotebookResult(name, prof, str(dev), "ok", time.perf_counter() - t0, output))
-        if store:
-            nb = strip_run_metadata(nbformat.read(output, as_version=4))
-            nbformat.write(nb, path)
-            log(f"[{i}/{len(paths)}] {name}: outputs stored in {path}")
+        log(f"[{i}/{len(paths)}] {path.stem}: profile={prof} device={dev} seed={seed} -> {output}")
+        wall, failure = _timed_execute(path, output, parameters, progress)
+        results.append(_conclude(f"[{i}/{len(paths)}]", path, output, prof, dev, wall, failure, store, log))
+        if failure is not None and fail_fast:
+            break
 
 
 def summary_table(results: list[NotebookResult]) -> str:
